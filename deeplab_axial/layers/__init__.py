@@ -1,0 +1,1 @@
+"""Keras layers (NHWC, serializable, any spatial size)."""

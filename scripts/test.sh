@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Sets up a virtualenv in .venv (once) and runs the test suite: the fast tests first, then
+# the tests marked slow as a separate step. Usage: bash scripts/test.sh [extra pytest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${DEEPLAB_AXIAL_VENV:-.venv}"
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install --quiet --upgrade pip
+"$VENV/bin/python" -m pip install --quiet -e ".[test,torch]"
+
+run_pytest() {
+  # pytest exits 5 when a selection holds no tests; that is not a failure of the suite.
+  local rc=0
+  "$VENV/bin/python" -m pytest "$@" || rc=$?
+  if [ "$rc" -eq 5 ]; then rc=0; fi
+  return "$rc"
+}
+
+echo "== fast tests =="
+run_pytest -q -m "not slow" "$@"
+echo "== slow tests =="
+run_pytest -q -m "slow" "$@"
