@@ -1,0 +1,238 @@
+"""Custom training loop on `tf.distribute`: steps, checkpoints, summaries and progress."""
+import math
+import os
+import time
+
+from absl import logging
+import tensorflow as tf
+import tf_keras
+
+from deeplab_axial.training import distribution
+
+
+class TrainingDivergedError(RuntimeError):
+  """A loss became NaN or Inf; training stopped without saving the diverged weights."""
+
+
+class ProgressReporter:
+  """Formats one console line per report: step, loss parts, throughput and ETA."""
+
+  def __init__(self, total_steps, global_batch_size, log_fn=logging.info):
+    self._total_steps = total_steps
+    self._global_batch_size = global_batch_size
+    self._log_fn = log_fn
+    self._last_time = None
+    self._last_step = None
+    self._seconds_per_step = None
+
+  def start(self, step):
+    self._last_time = time.perf_counter()
+    self._last_step = step
+
+  def report(self, step, losses, learning_rate=None):
+    """Logs progress at `step` with the latest `losses` (name -> float).
+
+    Returns:
+      Images per second since the previous report (0 when no step ran).
+    """
+    now = time.perf_counter()
+    steps = step - self._last_step
+    elapsed = now - self._last_time
+    self._last_time, self._last_step = now, step
+    images_per_second = 0.0
+    if steps > 0 and elapsed > 0:
+      seconds_per_step = elapsed / steps
+      # An exponential average keeps the ETA stable across noisy loops.
+      self._seconds_per_step = (seconds_per_step if self._seconds_per_step is None else
+                                0.7 * self._seconds_per_step + 0.3 * seconds_per_step)
+      images_per_second = steps * self._global_batch_size / elapsed
+    eta = format_duration((self._total_steps - step) * (self._seconds_per_step or 0.0))
+    parts = " ".join(f"{k} {v:.4f}" for k, v in losses.items() if k != "total")
+    lr = "" if learning_rate is None else f" | lr {learning_rate:.3g}"
+    self._log_fn(f"step {step}/{self._total_steps} ({100.0 * step / self._total_steps:.1f}%) "
+                 f"| loss {losses.get('total', float('nan')):.4f} ({parts}){lr} "
+                 f"| {images_per_second:.1f} img/s | ETA {eta}")
+    return images_per_second
+
+
+def format_duration(seconds):
+  """Formats seconds as H:MM:SS."""
+  seconds = int(round(max(seconds, 0.0)))
+  return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class Trainer:
+  """Runs training steps of a Keras model under a `tf.distribute.Strategy`.
+
+  The model, optimizer and loss must have been created inside `strategy.scope()`.
+  `compute_losses(batch, outputs)` runs per replica and returns a dict of scalar losses
+  keyed by `loss_names` (which must include "total"), each already divided by the
+  *global* batch size, so that the sum over replicas is the global-batch loss.
+  """
+
+  def __init__(self, *, strategy, model, optimizer, compute_losses, loss_names,
+               train_dataset_fn,
+               global_batch_size, total_steps, model_dir, steps_per_loop=1,
+               checkpoint_interval=1000, max_to_keep=3, summary_interval=100,
+               jit_compile=False, checkpoint_items=None, log_fn=logging.info):
+    if global_batch_size % strategy.num_replicas_in_sync:
+      raise ValueError(f"train batch size {global_batch_size} is not divisible by the "
+                       f"number of replicas ({strategy.num_replicas_in_sync})")
+    if total_steps <= 0 or steps_per_loop <= 0:
+      raise ValueError(f"total_steps ({total_steps}) and steps_per_loop ({steps_per_loop}) "
+                       "must be positive")
+    if "total" not in loss_names:
+      raise ValueError(f"loss_names {tuple(loss_names)} must include 'total'")
+    self._loss_names = tuple(loss_names)
+    self._strategy = strategy
+    self._model = model
+    self._compute_losses = compute_losses
+    self._global_batch_size = global_batch_size
+    self._total_steps = total_steps
+    self._steps_per_loop = steps_per_loop
+    self._summary_interval = summary_interval
+    self._log_fn = log_fn
+    self._is_chief = distribution.is_chief(strategy)
+    self._model_dir = model_dir
+    with strategy.scope():
+      if (tf_keras.mixed_precision.global_policy().name == "mixed_float16" and
+          not isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer)):
+        optimizer = tf_keras.mixed_precision.LossScaleOptimizer(optimizer)
+      self._global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
+                                      aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+    self._optimizer = optimizer
+    items = dict(checkpoint_items or {})
+    items.update(model=model, optimizer=optimizer, global_step=self._global_step)
+    self._checkpoint = tf.train.Checkpoint(**items)
+    checkpoint_dir = model_dir if self._is_chief else os.path.join(
+        model_dir, f".worker_tmp_{strategy.cluster_resolver.task_id}")
+    self._manager = tf.train.CheckpointManager(
+        self._checkpoint, checkpoint_dir, max_to_keep=max_to_keep,
+        step_counter=self._global_step, checkpoint_interval=checkpoint_interval)
+    self._dataset = strategy.distribute_datasets_from_function(train_dataset_fn)
+    self._iterator = None
+    self._writer = (tf.summary.create_file_writer(os.path.join(model_dir, "train"))
+                    if self._is_chief else tf.summary.create_noop_writer())
+    self._compute_gradients = tf.function(self._replica_gradients, jit_compile=jit_compile)
+    self._train_loop = tf.function(self._loop)
+    self._progress = ProgressReporter(total_steps, global_batch_size, log_fn)
+
+  @property
+  def global_step(self):
+    return int(self._global_step.numpy())
+
+  @property
+  def checkpoint_manager(self):
+    return self._manager
+
+  @property
+  def optimizer(self):
+    return self._optimizer
+
+  def restore_or_initialize(self):
+    """Restores the latest checkpoint in model_dir, if any. Returns its path or None."""
+    path = self._manager.restore_or_initialize()
+    if path:
+      self._log_fn(f"Resumed from {path} at step {self.global_step}.")
+    return path
+
+  def _replica_gradients(self, batch):
+    variables = self._model.trainable_variables
+    with tf.GradientTape() as tape:
+      outputs = self._model(batch["image"], training=True)
+      losses = self._compute_losses(batch, outputs)
+      total = losses["total"]
+      if self._model.losses:
+        total += tf.nn.scale_regularization_loss(tf.add_n(self._model.losses))
+      scaled = (self._optimizer.get_scaled_loss(total) if isinstance(
+          self._optimizer, tf_keras.mixed_precision.LossScaleOptimizer) else total)
+    gradients = tape.gradient(scaled, variables)
+    if isinstance(self._optimizer, tf_keras.mixed_precision.LossScaleOptimizer):
+      gradients = self._optimizer.get_unscaled_gradients(gradients)
+    return losses, gradients
+
+  def _replica_step(self, batch):
+    losses, gradients = self._compute_gradients(batch)
+    # Applied outside the (optionally XLA-compiled) gradient function: the optimizer's
+    # cross-replica all-reduce cannot live inside a compiled cluster.
+    self._optimizer.apply_gradients(zip(gradients, self._model.trainable_variables))
+    self._global_step.assign_add(1)
+    return losses
+
+  def _loop(self, iterator, num_steps):
+    """Runs `num_steps` steps; returns each step's global losses, stacked per name."""
+    history = tf.TensorArray(tf.float32, size=num_steps)
+    for i in tf.range(num_steps):
+      per_replica = self._strategy.run(self._replica_step, args=(next(iterator),))
+      losses = [tf.cast(self._strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica[k],
+                                              axis=None), tf.float32)
+                for k in self._loss_names]
+      history = history.write(i, tf.stack(losses))
+    stacked = history.stack()
+    return {k: stacked[:, j] for j, k in enumerate(self._loss_names)}
+
+  def _learning_rate(self):
+    optimizer = getattr(self._optimizer, "inner_optimizer", self._optimizer)
+    optimizer = getattr(optimizer, "optimizer", optimizer)  # Lookahead-style wrappers.
+    lr = getattr(optimizer, "learning_rate", None)
+    if lr is None:
+      return None
+    if callable(lr):
+      return float(lr(optimizer.iterations))
+    return float(tf.convert_to_tensor(lr))
+
+  def train(self, until_step=None):
+    """Trains until `until_step` (default: total_steps); saves checkpoints on interval.
+
+    Raises:
+      TrainingDivergedError: a loss became NaN/Inf; names the step and the loss part.
+    """
+    until_step = min(until_step or self._total_steps, self._total_steps)
+    if self._iterator is None:
+      self._iterator = iter(self._dataset)
+    step = self.global_step
+    self._progress.start(step)
+    last_summary = step
+    while step < until_step:
+      num_steps = min(self._steps_per_loop, until_step - step)
+      history = self._train_loop(self._iterator, tf.constant(num_steps))
+      history = {k: v.numpy() for k, v in history.items()}
+      self._raise_if_diverged(step, history)
+      step = self.global_step
+      latest = {k: float(v[-1]) for k, v in history.items()}
+      if step - last_summary >= self._summary_interval or step >= until_step:
+        lr = self._learning_rate()
+        images_per_second = self._progress.report(step, latest, lr)
+        self._write_summaries(step, latest, lr, images_per_second)
+        last_summary = step
+      self._manager.save(checkpoint_number=step, check_interval=True)
+    self.save()
+    self._writer.flush()
+    return step
+
+  def save(self):
+    """Saves a checkpoint at the current step unless one exists for it already."""
+    latest = self._manager.latest_checkpoint
+    step = self.global_step
+    if latest is None or not latest.endswith(f"-{step}"):
+      self._manager.save(checkpoint_number=step, check_interval=False)
+
+  def _raise_if_diverged(self, start_step, history):
+    for name, values in history.items():
+      bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
+      if bad:
+        step = start_step + bad[0] + 1
+        parts = ", ".join(f"{k}={float(v[bad[0]]):.4g}" for k, v in history.items())
+        raise TrainingDivergedError(
+            f"the {name} loss is {values[bad[0]]} at step {step} ({parts}); training "
+            f"stopped. The last good checkpoint is {self._manager.latest_checkpoint}. "
+            "Lower the learning rate, enable gradient clipping (solver.clip_gradient_norm) "
+            "or check the input labels.")
+
+  def _write_summaries(self, step, losses, learning_rate, images_per_second):
+    with self._writer.as_default(step=step):
+      for name, value in losses.items():
+        tf.summary.scalar(f"losses/{name}", value)
+      if learning_rate is not None:
+        tf.summary.scalar("learning_rate", learning_rate)
+      tf.summary.scalar("images_per_second", images_per_second)
