@@ -1,0 +1,31 @@
+"""Converts Mapillary Vistas panoptic (v1.2 or v2.0) to TFRecords.
+
+  python data/build_mapillary_data.py --input_dir=/data/vistas \
+      --output_dir=/data/vistas_tfrecord --split=training --version=v1.2
+"""
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+from deeplab_axial.data.converters import common  # noqa: E402
+from deeplab_axial.data.converters import mapillary  # noqa: E402
+
+common.define_converter_flags(default_split="training", default_num_shards=20)
+flags.DEFINE_enum("version", "v1.2", ["v1.2", "v2.0"], "Vistas annotation version.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  mapillary.convert_mapillary(FLAGS.input_dir, FLAGS.output_dir, FLAGS.split,
+                              version=FLAGS.version, num_shards=FLAGS.num_shards,
+                              num_workers=FLAGS.num_workers,
+                              skip_bad_examples=FLAGS.skip_bad_examples)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["input_dir"])
+  app.run(main)
