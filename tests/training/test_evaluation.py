@@ -1,0 +1,206 @@
+"""Test-time augmentation against NumPy, and the Evaluator's wiring (single / distributed)."""
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow as tf
+
+from deeplab_axial.data import prediction_writers
+from deeplab_axial.metrics import InstanceAP, MeanIoU, PanopticQuality
+from deeplab_axial.training import evaluation
+
+NUM_CLASSES, IGNORE, DIVISOR, THINGS = 4, 255, 1000, (2, 3)
+
+
+def _softmax(x):
+  e = np.exp(x - x.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+def pixelwise_model(images):
+  """Outputs that depend on each pixel's colour, except dx = the pixel's column."""
+  width = tf.shape(images)[2]
+  column = tf.cast(tf.range(width), tf.float32)[tf.newaxis, tf.newaxis, :]
+  return {"semantic_logits": images / 50.0,
+          "center_heatmap": images[..., :1] / 255.0,
+          "center_offset": tf.stack([images[..., 1] / 10.0,
+                                     tf.zeros_like(images[..., 0]) + column], axis=-1)}
+
+
+def test_flip_matches_numpy():
+  images = np.random.default_rng(0).uniform(0, 255, (2, 5, 7, 3)).astype(np.float32)
+  result = evaluation.predict_with_tta(pixelwise_model, images, flip=True)
+  np.testing.assert_allclose(result["semantic_probs"], _softmax(images / 50.0), atol=1e-6)
+  np.testing.assert_allclose(result["center_heatmap"], images[..., :1] / 255.0, atol=1e-6)
+  np.testing.assert_allclose(result["center_offset"][..., 0], images[..., 1] / 10.0,
+                             atol=1e-5)
+  # Unflipped dx = x; the mirrored copy gives -(W - 1 - x) once flipped back and negated.
+  expected_dx = np.broadcast_to(np.arange(7) - 3.0, (2, 5, 7))
+  np.testing.assert_allclose(result["center_offset"][..., 1], expected_dx, atol=1e-6)
+
+
+def size_model(images):
+  """Constant outputs that reveal the size the model saw: logits (h/4, w/4, 0), offset (1, 2)."""
+  shape = tf.shape(images)
+  size = tf.cast(shape[1:3], tf.float32)
+  logits = tf.concat([size / 4.0, [0.0]], axis=0)
+  ones = tf.ones(tf.concat([shape[:3], [1]], axis=0))
+  return {"semantic_logits": ones * logits, "center_heatmap": ones * 0.5,
+          "center_offset": ones * tf.constant([1.0, 2.0])}
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_multi_scale_matches_numpy(flip):
+  images = np.full((2, 8, 12, 3), 100.0, np.float32)
+  scales = (1.0, 0.5, 0.75)
+  sizes = [(8, 12), (4, 6), (6, 9)]
+  result = evaluation.predict_with_tta(size_model, images, scales=scales, flip=flip)
+  probs = np.mean([_softmax(np.array([h / 4, w / 4, 0.0])) for h, w in sizes], axis=0)
+  dy = np.mean([8 / h for h, _ in sizes])
+  dx = 0.0 if flip else np.mean([2 * 12 / w for _, w in sizes])
+  np.testing.assert_allclose(result["semantic_probs"], np.broadcast_to(probs, (2, 8, 12, 3)),
+                             atol=1e-6)
+  np.testing.assert_allclose(result["center_heatmap"], 0.5, atol=1e-6)
+  np.testing.assert_allclose(result["center_offset"][..., 0], dy, atol=1e-5)
+  np.testing.assert_allclose(result["center_offset"][..., 1], dx, atol=1e-5)
+
+
+def test_tta_in_tf_function_with_unknown_size():
+  images = np.random.default_rng(1).uniform(0, 255, (1, 6, 10, 3)).astype(np.float32)
+  predict = tf.function(
+      lambda x: evaluation.predict_with_tta(pixelwise_model, x, scales=(1.0, 1.5), flip=True),
+      input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+  eager = evaluation.predict_with_tta(pixelwise_model, images, scales=(1.0, 1.5), flip=True)
+  graph = predict(images)
+  for key, value in eager.items():
+    np.testing.assert_allclose(graph[key], value, atol=1e-5)
+
+
+def test_tta_bad_arguments():
+  with pytest.raises(ValueError, match="scales"):
+    evaluation.predict_with_tta(pixelwise_model, np.zeros((1, 4, 4, 3)), scales=(0.0,))
+  with pytest.raises(ValueError, match="images must have shape"):
+    evaluation.predict_with_tta(pixelwise_model, np.zeros((4, 4, 3)))
+  with pytest.raises(ValueError, match="center_offset"):
+    evaluation.predict_with_tta(lambda x: {"semantic_logits": x, "center_heatmap": x},
+                                np.zeros((1, 4, 4, 3)))
+
+
+# ----------------------------------------------------------------------------------------
+# Evaluator: the images encode the prediction, which a fake model and post-processor decode.
+
+
+def _example_batch(rng, count=4, height=16, width=24):
+  gt = np.zeros((count, height, width), np.int32)
+  pred = np.zeros((count, height, width), np.int32)
+  for i in range(count):
+    gt[i, :, width // 2:] = 1 * DIVISOR
+    for instance in range(1, 4):
+      category = THINGS[instance % 2]
+      y, x = rng.integers(0, height - 5), rng.integers(0, width - 6)
+      gt[i, y:y + 5, x:x + 6] = category * DIVISOR + instance
+    pred[i] = gt[i]
+    y, x = rng.integers(0, height - 4, size=2)
+    pred[i, y:y + 4, x:x + 5] = THINGS[0] * DIVISOR + 5
+    pred[i, :3, :] = 0
+    gt[i, -2:, :] = IGNORE * DIVISOR
+  semantic, instance = pred // DIVISOR, pred % DIVISOR
+  images = np.stack([semantic * 20, instance * 10, np.zeros_like(pred)], -1).astype(np.uint8)
+  return gt, pred, images
+
+
+def decoding_model(images):
+  semantic = tf.cast(tf.round(images[..., 0] / 20.0), tf.int32)
+  return {"semantic_logits": 10.0 * tf.one_hot(semantic, NUM_CLASSES),
+          "center_heatmap": images[..., 1:2] / 10.0,
+          "center_offset": tf.zeros_like(images[..., :2])}
+
+
+def fake_post_process(semantic_probs, center_heatmap, center_offset):
+  del center_offset
+  semantic = tf.argmax(semantic_probs, axis=-1, output_type=tf.int32)
+  instance = tf.cast(tf.round(center_heatmap[..., 0]), tf.int32)
+  is_thing = tf.reduce_any(tf.equal(semantic[..., tf.newaxis], THINGS), axis=-1)
+  panoptic = semantic * DIVISOR + tf.where(is_thing, instance, 0)
+  candidates = tf.constant([[c * DIVISOR + i for c in THINGS for i in range(1, 6)]])
+  candidates = tf.tile(candidates, [tf.shape(semantic)[0], 1])
+  scores = tf.cast(candidates % 7, tf.float32) / 7.0
+  return {"panoptic": panoptic, "semantic": semantic, "instance_panoptic_ids": candidates,
+          "instance_scores": scores}
+
+
+def _direct_metrics(gt, pred):
+  """The reference: the (separately verified) metrics applied to the designed prediction."""
+  pq = PanopticQuality(NUM_CLASSES, IGNORE, DIVISOR, THINGS)
+  pq.update_state(gt, pred)
+  miou = MeanIoU(NUM_CLASSES, IGNORE)
+  miou.update_state(gt // DIVISOR, pred // DIVISOR)
+  ap = InstanceAP(NUM_CLASSES, IGNORE, DIVISOR, THINGS)
+  ids = np.tile([[c * DIVISOR + i for c in THINGS for i in range(1, 6)]], (len(gt), 1))
+  ap.update_state(gt, pred, ids, (ids % 7) / 7.0)
+  expected = {k: float(v) for k, v in pq.result().items() if np.ndim(v) == 0}
+  expected["miou"] = float(miou.result()["miou"])
+  expected.update(ap.result())
+  return expected
+
+
+def _dataset(gt, images):
+  ids = [f"img_{i}" for i in range(len(gt))]
+  return tf.data.Dataset.from_tensor_slices(
+      {"image": images, "panoptic": gt, "image_id": ids}).batch(4)
+
+
+@pytest.mark.parametrize("use_strategy", [False, True])
+def test_evaluator_matches_direct_metrics(use_strategy, request, tmp_path):
+  strategy = request.getfixturevalue("two_cpu_strategy") if use_strategy else None
+  gt, pred, images = _example_batch(np.random.default_rng(2), count=8)
+  writer = prediction_writers.CityscapesPanopticWriter(
+      str(tmp_path), DIVISOR, IGNORE, THINGS, category_map={c: c + 7 for c in range(4)})
+  evaluator = evaluation.Evaluator(
+      decoding_model, fake_post_process, num_classes=NUM_CLASSES, ignore_label=IGNORE,
+      label_divisor=DIVISOR, thing_classes=THINGS, strategy=strategy, flip=True,
+      compute_ap=True, prediction_writer=writer)
+  results = evaluator.evaluate(_dataset(gt, images))
+  expected = _direct_metrics(gt, pred)
+  for key in ("pq", "sq", "rq", "pq_th", "sq_th", "rq_th", "pq_st", "sq_st", "rq_st", "miou",
+              "ap", "ap50", "ap75"):
+    assert results[key] == pytest.approx(expected[key], abs=1e-12), key
+  assert 0 < results["pq"] < 1 and 0 < results["miou"] < 1 and 0 < results["ap"] < 1
+  assert results["per_class_pq"].shape == (NUM_CLASSES,)
+  # Written predictions: one PNG per image, named by image_id, holding the predicted segments.
+  written = {a["image_id"]: a for a in writer.annotations}
+  assert sorted(written) == sorted(f"img_{i}" for i in range(8))
+  ids = prediction_writers.rgb_to_id(
+      np.asarray(Image.open(f"{writer.png_dir}/img_5_panoptic.png")))
+  expected_ids = np.where(pred[5] % DIVISOR > 0, (pred[5] // DIVISOR + 7) * 1000 + pred[5] %
+                          DIVISOR, pred[5] // DIVISOR + 7)
+  np.testing.assert_array_equal(ids, expected_ids)
+  # A second evaluation starts from fresh metric state.
+  again = evaluation.Evaluator(
+      decoding_model, fake_post_process, num_classes=NUM_CLASSES, ignore_label=IGNORE,
+      label_divisor=DIVISOR, thing_classes=THINGS, strategy=strategy)
+  again.evaluate(_dataset(gt, images))
+  assert again.evaluate(_dataset(gt, images))["pq"] == pytest.approx(expected["pq"], abs=1e-12)
+
+
+def test_evaluator_reports_missing_outputs():
+  gt, _, images = _example_batch(np.random.default_rng(3), count=4)
+  evaluator = evaluation.Evaluator(
+      decoding_model, lambda p, h, o: {"panoptic": tf.zeros(tf.shape(p)[:3], tf.int32)},
+      num_classes=NUM_CLASSES, ignore_label=IGNORE, label_divisor=DIVISOR,
+      thing_classes=THINGS)
+  with pytest.raises(ValueError, match=r"lack \['semantic'\]"):
+    evaluator.evaluate(_dataset(gt, images))
+
+
+def test_default_post_processor_fits_the_evaluator():
+  """The real `ops.panoptic_inference` plugs in (interface check, values only bounded)."""
+  gt, _, images = _example_batch(np.random.default_rng(4), count=2)
+  evaluator = evaluation.Evaluator(
+      decoding_model,
+      evaluation.default_post_processor(THINGS, DIVISOR, IGNORE, stuff_area=0),
+      num_classes=NUM_CLASSES, ignore_label=IGNORE, label_divisor=DIVISOR,
+      thing_classes=THINGS, compute_ap=True)
+  results = evaluator.evaluate(_dataset(gt, images).rebatch(2))
+  for key in ("pq", "miou", "ap"):
+    assert 0.0 <= results[key] <= 1.0
+  assert results["miou"] > 0.5  # Semantic predictions decode correctly.
