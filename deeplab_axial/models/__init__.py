@@ -1,1 +1,10 @@
-"""deeplab_axial.models."""
+"""deeplab_axial.models: backbones, Panoptic-DeepLab meta-architecture, M-Adds counter."""
+from deeplab_axial.models.multiply_adds import count_multiply_adds
+from deeplab_axial.models.panoptic_deeplab import PanopticDeepLabDecoder
+from deeplab_axial.models.panoptic_deeplab import PanopticHead
+from deeplab_axial.models.panoptic_deeplab import ResizeToReference
+from deeplab_axial.models.panoptic_deeplab import panoptic_deeplab
+from deeplab_axial.models.panoptic_deeplab import panoptic_deeplab_resnet50
+from deeplab_axial.models.resnet import BottleneckBlock
+from deeplab_axial.models.resnet import resnet50
+from deeplab_axial.models.resnet import resnet101

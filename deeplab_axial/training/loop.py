@@ -101,6 +101,10 @@ class Trainer:
       self._global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
                                       aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
     self._optimizer = optimizer
+    with strategy.scope():
+      # Slots exist before a restore, so resuming restores them at once instead of
+      # deferring (and warning about) values that a finished run never uses.
+      optimizer.build(model.trainable_variables)
     items = dict(checkpoint_items or {})
     items.update(model=model, optimizer=optimizer, global_step=self._global_step)
     self._checkpoint = tf.train.Checkpoint(**items)

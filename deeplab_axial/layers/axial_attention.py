@@ -1,0 +1,558 @@
+"""Position-sensitive axial attention (Axial-DeepLab, Wang et al., ECCV 2020, Eq. 3/4).
+
+One layer attends along one spatial axis ("height" or "width") of an NHWC feature map:
+
+  y_o = sum_p softmax_p(q_o.k_p + q_o.r^q_{p-o} + k_p.r^k_{p-o}) (v_p + r^v_{p-o})
+
+where p runs over the span of o along the axis. Each head has its own q/k/v projection;
+the relative tables r^q, r^k, r^v are shared by all heads of the layer (AD §3.1), as in
+the official PyTorch code, which stores one `[2 * per_head_value_depth, 2k - 1]` table.
+
+Span
+----
+* `span=None` (global): every position attends to the whole axis. The tables have
+  `2 * max_global_length - 1` rows (relative offsets -(n-1)..n-1), so any axis of length
+  <= `max_global_length` works with the same weights; a longer axis raises a ValueError
+  (or fails a runtime assertion when the length is only known at run time). Setting
+  `max_global_length=k` for a feature length `k` gives exactly the official layer
+  (table of 2k-1 offsets, same parameter count as csrhddlam's `kernel_size=k`).
+* `span=m` (odd): each position attends to the m positions centred on it, offsets
+  -(m-1)/2..(m-1)/2, so the tables have m rows. Keys outside the axis (the "zero padding"
+  at the borders) are excluded from the softmax. When the axis is longer than m the
+  computation is blocked: the axis is split into blocks of r = (m-1)/2 queries, each
+  block attends to a window of 3r keys (its own block and one on each side), and the
+  relative table is gathered once into a `[b, 3b]` matrix shared by all blocks
+  (b = max(r, 1); larger blocks measured slower for span 15), so time and memory are
+  O(length * m). When the axis is shorter than 2m the dense length x
+  length map with the band mask (O(length * m) as well, since length < 2m) is faster and
+  is used instead; both give identical results.
+
+Batch normalization (the official recipe; `use_batch_norm=False` removes all three)
+---------------------------------------------------------------------------------------
+* on the qkv projection, per channel;
+* on each of the similarity terms qk, qr, kr, one gamma/beta/moving statistic per
+  (term, head). Statistics are taken over the *valid* (query, key) pairs only: pairs
+  inside the band |p - o| <= (m-1)/2 with both positions inside the axis. For the global
+  span every pair is valid, so the statistics are exactly the official ones (batch x
+  length x length per (term, head)); the masked entries of the blocked layout never
+  enter the statistics. Moving statistics use the Keras convention
+  (moving = momentum * moving + (1 - momentum) * batch, batch variance biased).
+* on the two output terms (retrieved content sv and retrieved value position sve), one
+  gamma/beta per (channel, term), statistics over batch x positions.
+
+Strides: `strides=s` average-pools the output along the layer's axis after the attention
+(window s, stride s). The output length is ceil(length / s), like a strided convolution, so
+a block's projection shortcut always has the same size; a last, partial window averages
+the positions it holds. For lengths divisible by s this is exactly PyTorch's
+`AvgPool2d(s, s)`. `AxialAttention2D` can instead pool both axes after the width layer,
+which is what the official PyTorch code does (see `axial_blocks.py`).
+
+Variable layout (matches the official PyTorch AxialAttention so weights port by reshape):
+* `qkv_kernel` `[in_channels, num_heads * (2 * dq + dv)]`, channels head-major and, inside
+  each head, `[q (dq), k (dq), v (dv)]` (PT `qkv_transform.weight[:, :, 0].T`);
+* `qkv_batch_norm` (Keras BatchNormalization over those channels; PT `bn_qkv`);
+* `relative_embeddings` `[rows, 2 * dq + dv]`, row = (p - o) + (rows - 1) / 2, columns
+  `[r^q, r^k, r^v]`. PT indexes q and v by o - p and k by p - o, so
+  `ours = concat([pt[:dq, ::-1].T, pt[dq:2dq].T, pt[2dq:, ::-1].T], axis=1)`;
+* `similarity_batch_norm` gamma/beta/moving_mean/moving_variance `[3, num_heads]`,
+  terms ordered (qk, qr, kr) (PT `bn_similarity` reshaped to [3, groups]);
+* `output_batch_norm` over `2 * filters` channels ordered (channel, term) with term
+  fastest, terms (sv, sve) (identical to PT `bn_output`).
+"""
+import math
+
+import tensorflow as tf
+import tf_keras
+
+_AXES = ("height", "width")
+# Logit given to masked (out-of-band or out-of-axis) pairs; finite so that a fully
+# masked row (a padding query, cropped later) gives no NaN.
+_MASKED_LOGIT = -1e9
+DEFAULT_MAX_GLOBAL_LENGTH = 129
+
+
+def _check_positive_int(name, value):
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+
+
+def average_pool(inputs, pool_size):
+  """Average pool with window = stride = pool_size, output ceil(size / pool).
+
+  A partial last window averages only the positions inside the input (no zeros), so for
+  sizes divisible by the pool this is PyTorch's AvgPool2d(pool, pool).
+
+  Args:
+    inputs: `[batch, height, width, channels]`.
+    pool_size: (pool_height, pool_width) positive ints.
+
+  Returns:
+    `[batch, ceil(height / pool_height), ceil(width / pool_width), channels]`.
+  """
+  if tuple(pool_size) == (1, 1):
+    return inputs
+  shape = tf.shape(inputs)
+  pad = [[0, 0], [0, (-shape[1]) % pool_size[0]], [0, (-shape[2]) % pool_size[1]], [0, 0]]
+  pooled = tf.nn.avg_pool2d(tf.pad(inputs, pad), pool_size, pool_size, "VALID")
+  ones = tf.pad(tf.ones([1, shape[1], shape[2], 1], inputs.dtype), pad)
+  coverage = tf.nn.avg_pool2d(ones, pool_size, pool_size, "VALID")
+  return pooled / coverage
+
+
+def _resolve_training(training):
+  """Returns a Python bool or a boolean tensor (None means inference)."""
+  if training is None:
+    return False
+  if isinstance(training, (bool, int)):
+    return bool(training)
+  return training
+
+
+def _smart_cond(pred, true_fn, false_fn):
+  if isinstance(pred, bool):
+    return true_fn() if pred else false_fn()
+  return tf.cond(pred, true_fn, false_fn)
+
+
+def _replica_sum(value):
+  """Sums `value` over the replicas of the current tf.distribute replica context."""
+  context = tf.distribute.get_replica_context()
+  if context is None or context.num_replicas_in_sync == 1:
+    return value
+  return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+@tf_keras.saving.register_keras_serializable(package="deeplab_axial")
+class SimilarityBatchNormalization(tf_keras.layers.Layer):
+  """Batch norm of the three similarity terms, one gamma/beta per (term, head), summed.
+
+  Inputs: a list of 3 tensors (qk, qr, kr), each `[..., num_heads, queries, keys]`
+  (heads on axis -3), and an optional float `valid` mask broadcastable to them with a
+  size-1 head axis (1 = the pair takes part). Statistics are over every axis except the
+  head axis, restricted to valid pairs. Output: the sum of the normalized terms in the
+  variable dtype (float32 under mixed precision, so statistics never run in float16).
+  """
+
+  def __init__(self, num_heads, momentum=0.9, epsilon=1e-5, synchronized=False,
+               **kwargs):
+    super().__init__(**kwargs)
+    self.num_heads = num_heads
+    self.momentum = momentum
+    self.epsilon = epsilon
+    self.synchronized = synchronized
+
+  def build(self, input_shape):
+    shape = (3, self.num_heads)
+    self.gamma = self.add_weight("gamma", shape, initializer="ones",
+                                 experimental_autocast=False)
+    self.beta = self.add_weight("beta", shape, initializer="zeros",
+                                experimental_autocast=False)
+    moving = dict(trainable=False, experimental_autocast=False,
+                  synchronization=tf.VariableSynchronization.ON_READ,
+                  aggregation=tf.VariableAggregation.MEAN)
+    self.moving_mean = self.add_weight("moving_mean", shape, initializer="zeros", **moving)
+    self.moving_variance = self.add_weight("moving_variance", shape, initializer="ones",
+                                           **moving)
+    super().build(input_shape)
+
+  def _batch_moments(self, terms, valid):
+    """Returns the [3, heads] mean and biased variance over the valid pairs."""
+    means, variances = [], []
+    for term in terms:
+      rank = term.shape.rank
+      axes = [a for a in range(rank) if a != rank - 3]
+      size = tf.cast(tf.size(term, out_type=tf.int64), term.dtype)
+      if valid is None:
+        total = size / self.num_heads
+        weighted = term
+      else:
+        total = (tf.reduce_sum(valid) * size / self.num_heads
+                 / tf.cast(tf.size(valid, out_type=tf.int64), term.dtype))
+        weighted = term * valid
+      if self.synchronized:
+        total = _replica_sum(total)
+      mean = _replica_sum(tf.reduce_sum(weighted, axes)) if self.synchronized else (
+          tf.reduce_sum(weighted, axes))
+      mean = mean / total
+      centered = tf.square(term - mean[:, None, None])
+      if valid is not None:
+        centered = centered * valid
+      variance = tf.reduce_sum(centered, axes)
+      if self.synchronized:
+        variance = _replica_sum(variance)
+      means.append(mean)
+      variances.append(variance / total)
+    return tf.stack(means), tf.stack(variances)
+
+  def inference_scale(self):
+    """[3, heads] per-term scales of inference mode.
+
+    In inference the normalized sum is sum_t scale_t * x_t + offset with a per-head
+    offset, and a per-head constant does not change the softmax over keys, so callers
+    may fold these scales into q and k before the einsums and skip this layer's call.
+    """
+    return self.gamma * tf.math.rsqrt(self.moving_variance + self.epsilon)
+
+  def call(self, inputs, valid=None, training=None):
+    terms = [tf.cast(t, self.variable_dtype) for t in inputs]
+    if valid is not None:
+      valid = tf.cast(valid, self.variable_dtype)
+
+    def batch_statistics():
+      mean, variance = self._batch_moments(terms, valid)
+      self.moving_mean.assign(self.momentum * self.moving_mean
+                              + (1.0 - self.momentum) * mean)
+      self.moving_variance.assign(self.momentum * self.moving_variance
+                                  + (1.0 - self.momentum) * variance)
+      return mean, variance
+
+    def moving_statistics():
+      return tf.identity(self.moving_mean), tf.identity(self.moving_variance)
+
+    mean, variance = _smart_cond(_resolve_training(training), batch_statistics,
+                                 moving_statistics)
+    # Fold BN into one affine map per (term, head): sum_t scale_t * x_t + offset.
+    scale = self.gamma * tf.math.rsqrt(variance + self.epsilon)
+    offset = tf.reduce_sum(self.beta - mean * scale, axis=0)
+    output = offset[:, None, None]
+    for term_index, term in enumerate(terms):
+      output = output + term * scale[term_index][:, None, None]
+    return output
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(num_heads=self.num_heads, momentum=self.momentum, epsilon=self.epsilon,
+                  synchronized=self.synchronized)
+    return config
+
+
+def _sum_in_dtype(terms, dtype):
+  return tf.add_n([tf.cast(t, dtype) for t in terms])
+
+
+@tf_keras.saving.register_keras_serializable(package="deeplab_axial")
+class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
+  """Multi-head position-sensitive self-attention along one axis (see module docstring).
+
+  Input: `[batch, height, width, in_channels]` (height/width may be unknown).
+  Output: `[batch, height', width', filters]` where the attended axis has length
+  `ceil(length / strides)` and the other axis is unchanged.
+  """
+
+  def __init__(self,
+               filters,
+               axis,
+               num_heads=8,
+               span=None,
+               query_key_fraction=0.5,
+               strides=1,
+               use_batch_norm=True,
+               max_global_length=DEFAULT_MAX_GLOBAL_LENGTH,
+               kernel_initializer=None,
+               relative_initializer=None,
+               batch_norm_momentum=0.9,
+               batch_norm_epsilon=1e-5,
+               synchronized_batch_norm=False,
+               **kwargs):
+    """Creates the layer.
+
+    Args:
+      filters: Value depth = output channels; split evenly over the heads.
+      axis: "height" or "width", the axis attended along.
+      num_heads: Number of attention heads.
+      span: None for global attention; an odd positive int m for a local window of m
+        positions centred on each query.
+      query_key_fraction: Query/key depth as a fraction of the value depth (per head
+        query depth = filters * query_key_fraction / num_heads, must be an integer).
+      strides: Average-pool factor along `axis` applied after the attention.
+      use_batch_norm: Apply the three batch norms (qkv, similarity, output).
+      max_global_length: Only for `span=None`: longest axis the layer accepts; the
+        relative tables have 2 * max_global_length - 1 rows. Use the feature length k to
+        reproduce the official layer (kernel_size=k) exactly.
+      kernel_initializer: Initializer of `qkv_kernel`; default N(0, 1/in_channels) as in
+        the official code.
+      relative_initializer: Initializer of `relative_embeddings`; default
+        N(0, 1/value_depth_per_head) as in the official code.
+      batch_norm_momentum: Keras momentum of the moving statistics (PyTorch 0.1 = 0.9).
+      batch_norm_epsilon: Batch-norm epsilon (PyTorch default 1e-5).
+      synchronized_batch_norm: Synchronize batch statistics across tf.distribute
+        replicas (all three batch norms).
+      **kwargs: Base `Layer` arguments (name, dtype, ...).
+    """
+    super().__init__(**kwargs)
+    _check_positive_int("filters", filters)
+    _check_positive_int("num_heads", num_heads)
+    _check_positive_int("strides", strides)
+    _check_positive_int("max_global_length", max_global_length)
+    if axis not in _AXES:
+      raise ValueError(f"`axis` must be one of {_AXES}, got {axis!r}.")
+    if filters % num_heads:
+      raise ValueError(f"`filters` ({filters}) must be divisible by `num_heads` "
+                       f"({num_heads}).")
+    value_depth = filters // num_heads
+    query_depth = value_depth * query_key_fraction
+    if query_depth != int(query_depth) or query_depth < 1:
+      raise ValueError(
+          f"`query_key_fraction` ({query_key_fraction}) times the per-head value depth "
+          f"({value_depth} = filters / num_heads) must be a positive integer, got "
+          f"{query_depth}.")
+    if span is not None:
+      if isinstance(span, bool) or not isinstance(span, int) or span < 1 or span % 2 == 0:
+        raise ValueError(f"`span` must be None (global) or an odd positive integer, got "
+                         f"{span!r}.")
+    self.filters = filters
+    self.axis = axis
+    self.num_heads = num_heads
+    self.span = span
+    self.query_key_fraction = query_key_fraction
+    self.strides = strides
+    self.use_batch_norm = use_batch_norm
+    self.max_global_length = max_global_length
+    self.batch_norm_momentum = batch_norm_momentum
+    self.batch_norm_epsilon = batch_norm_epsilon
+    self.synchronized_batch_norm = synchronized_batch_norm
+    self.value_depth = value_depth
+    self.query_depth = int(query_depth)
+    self.kernel_initializer = tf_keras.initializers.get(
+        kernel_initializer or tf_keras.initializers.VarianceScaling(
+            1.0, "fan_in", "untruncated_normal"))
+    self.relative_initializer = tf_keras.initializers.get(
+        relative_initializer or tf_keras.initializers.RandomNormal(
+            stddev=math.sqrt(1.0 / value_depth)))
+
+  @property
+  def table_rows(self):
+    """Rows of the relative tables: one per relative offset the layer can see."""
+    return 2 * self.max_global_length - 1 if self.span is None else self.span
+
+  @property
+  def _head_depth(self):
+    return 2 * self.query_depth + self.value_depth
+
+  def build(self, input_shape):
+    input_shape = tf.TensorShape(input_shape)
+    if input_shape.rank != 4:
+      raise ValueError(f"{type(self).__name__} expects a 4-D [batch, height, width, "
+                       f"channels] input, got shape {input_shape}.")
+    channels = input_shape[-1]
+    if channels is None:
+      raise ValueError(f"The channel dimension of the input must be known, got shape "
+                       f"{input_shape}.")
+    self.qkv_kernel = self.add_weight(
+        "qkv_kernel", (channels, self.num_heads * self._head_depth),
+        initializer=self.kernel_initializer)
+    self.relative_embeddings = self.add_weight(
+        "relative_embeddings", (self.table_rows, self._head_depth),
+        initializer=self.relative_initializer)
+    if self.use_batch_norm:
+      def keras_batch_norm(name):
+        return tf_keras.layers.BatchNormalization(
+            momentum=self.batch_norm_momentum, epsilon=self.batch_norm_epsilon,
+            synchronized=self.synchronized_batch_norm, name=name, dtype=self.dtype_policy)
+      self.qkv_batch_norm = keras_batch_norm("qkv_batch_norm")
+      self.similarity_batch_norm = SimilarityBatchNormalization(
+          self.num_heads, momentum=self.batch_norm_momentum,
+          epsilon=self.batch_norm_epsilon, synchronized=self.synchronized_batch_norm,
+          name="similarity_batch_norm", dtype=self.dtype_policy)
+      self.output_batch_norm = keras_batch_norm("output_batch_norm")
+      # Built here (not on first call) so that weights can be loaded right after build.
+      self.qkv_batch_norm.build([None, None, None, self.num_heads * self._head_depth])
+      self.similarity_batch_norm.build(None)
+      self.output_batch_norm.build([None, None, None, 2 * self.filters])
+    super().build(input_shape)
+
+  # -- layout helpers ----------------------------------------------------------------
+
+  def _to_sequences(self, inputs):
+    """[b, h, w, c] -> ([b, other, length, c], length) with the attended axis third."""
+    if self.axis == "height":
+      inputs = tf.transpose(inputs, [0, 2, 1, 3])
+    return inputs
+
+  def _from_sequences(self, outputs):
+    if self.axis == "height":
+      outputs = tf.transpose(outputs, [0, 2, 1, 3])
+    return outputs
+
+  def _check_length(self, length):
+    """Validates the axis length against the global table; returns assertion ops."""
+    if self.span is not None:
+      return []
+    static = tf.get_static_value(length)
+    if static is not None:
+      if static > self.max_global_length:
+        raise ValueError(
+            f"The {self.axis} axis has length {static}, longer than `max_global_length` "
+            f"({self.max_global_length}) of this global-span layer; build the layer with "
+            f"a larger `max_global_length` or use a local `span`.")
+      return []
+    return [tf.debugging.assert_less_equal(
+        length, self.max_global_length,
+        message=f"{self.name}: the {self.axis} axis is longer than max_global_length="
+                f"{self.max_global_length}")]
+
+  # -- the blocked representation ----------------------------------------------------
+  # Both paths produce queries [s, blocks, block, heads, d], keys/values
+  # [s, blocks, window, heads, d], a table-row index [block, window] (the same for
+  # every block) and a float validity mask [blocks, 1, block, window] (or None).
+
+  def _dense_plan(self, q, k, v, length):
+    """One block holding the whole axis: every query sees every key (band-masked)."""
+    positions = tf.range(length)
+    offsets = positions[None, :] - positions[:, None]  # [query, key] = p - o
+    if self.span is None:
+      rows = offsets + (self.max_global_length - 1)
+      valid = None
+    else:
+      radius = (self.span - 1) // 2
+      rows = tf.clip_by_value(offsets + radius, 0, self.span - 1)
+      static = tf.get_static_value(length)
+      # An axis of at most r + 1 positions puts every pair inside the band.
+      valid = None if static is not None and static <= radius + 1 else (
+          tf.cast(tf.abs(offsets) <= radius, tf.float32)[None, None])
+    return q[:, None], k[:, None], v[:, None], rows, valid
+
+  def _blocked_plan(self, q, k, v, length):
+    """Blocks of b=max(r, 1) queries attending to a 3b-key window (O(length * m)).
+
+    r = (m - 1) / 2. The window of block j is its own block and one block on each side,
+    which covers every key within r of the block's queries because b >= r.
+    """
+    radius = (self.span - 1) // 2
+    block = max(radius, 1)
+    num_blocks = (length + block - 1) // block
+    padded = num_blocks * block
+    # Keys/values: one block of zeros before, and enough after for the last window.
+    pad_keys = [[0, 0], [block, padded - length + block], [0, 0], [0, 0]]
+    q = tf.pad(q, [[0, 0], [0, padded - length], [0, 0], [0, 0]])
+    k = tf.pad(k, pad_keys)
+    v = tf.pad(v, pad_keys)
+
+    def windows(x):
+      # [s, (blocks + 2) * block, h, d] -> [s, blocks, 3 * block, h, d]
+      shape = tf.shape(x)
+      x = tf.reshape(x, tf.concat([[shape[0], num_blocks + 2, block], shape[2:]], 0))
+      return tf.concat([x[:, :-2], x[:, 1:-1], x[:, 2:]], axis=2)
+
+    q = tf.reshape(q, tf.concat([[tf.shape(q)[0], num_blocks, block],
+                                 tf.shape(q)[2:]], 0))
+    query_in_block = tf.range(block)[:, None]
+    key_in_window = tf.range(3 * block)[None, :]
+    offsets = key_in_window - block - query_in_block  # p - o, [block, window]
+    in_band = tf.abs(offsets) <= radius
+    rows = tf.clip_by_value(offsets + radius, 0, self.span - 1)
+    block_start = (tf.range(num_blocks) * block)[:, None, None]
+    query_pos = block_start + query_in_block[None]
+    key_pos = block_start + key_in_window[None] - block
+    valid = in_band[None] & (query_pos < length) & (key_pos >= 0) & (key_pos < length)
+    valid = tf.cast(valid, tf.float32)[:, None]  # [blocks, 1, block, window]
+    return q, windows(k), windows(v), rows, valid
+
+  def _plan(self, q, k, v, length):
+    if self.span is None:
+      return self._dense_plan(q, k, v, length)
+    static = tf.get_static_value(length)
+    if static is not None:
+      plan = self._dense_plan if static < 2 * self.span else self._blocked_plan
+      return plan(q, k, v, length)
+    return tf.cond(length < 2 * self.span, lambda: self._dense_plan(q, k, v, length),
+                   lambda: self._blocked_plan(q, k, v, length))
+
+  # -- forward -----------------------------------------------------------------------
+
+  def call(self, inputs, training=None):
+    if inputs.shape.rank != 4:
+      raise ValueError(f"{type(self).__name__} expects a 4-D [batch, height, width, "
+                       f"channels] input, got shape {inputs.shape}.")
+    x = self._to_sequences(inputs)  # [b, other, length, c]
+    shape = tf.shape(x)
+    batch, other, length = shape[0], shape[1], shape[2]
+    with tf.control_dependencies(self._check_length(length)):
+      qkv = tf.einsum("boxc,cd->boxd", x, self.qkv_kernel)
+    if self.use_batch_norm:
+      qkv = self.qkv_batch_norm(qkv, training=training)
+    sequences = batch * other
+    qkv = tf.reshape(qkv, [sequences, length, self.num_heads, self._head_depth])
+    q, k, v = tf.split(qkv, [self.query_depth, self.query_depth, self.value_depth], -1)
+
+    q, k, v, rows, valid = self._plan(q, k, v, length)
+    relative = tf.gather(tf.cast(self.relative_embeddings, q.dtype), rows)
+    r_q, r_k, r_v = tf.split(relative, [self.query_depth, self.query_depth,
+                                        self.value_depth], -1)
+    training = _resolve_training(training)
+    # In inference the similarity batch norm is a per-(term, head) scale plus a
+    # per-head offset that the softmax ignores: fold the scales into q and k.
+    fold = self.use_batch_norm and training is False
+    q_content, q_position, k_position = q, q, k
+    if fold:
+      scale = tf.cast(self.similarity_batch_norm.inference_scale(), q.dtype)[:, :, None]
+      q_content, q_position, k_position = q * scale[0], q * scale[1], k * scale[2]
+    # s: sequence, j: block, i: query in block, w: key in window, h: head.
+    content = tf.einsum("sjihd,sjwhd->sjhiw", q_content, k)
+    query_position = tf.einsum("sjihd,iwd->sjhiw", q_position, r_q)
+    key_position = tf.einsum("sjwhd,iwd->sjhiw", k_position, r_k)
+    terms = [content, query_position, key_position]
+    if self.use_batch_norm and not fold:
+      logits = self.similarity_batch_norm(terms, valid=valid, training=training)
+    else:
+      logits = _sum_in_dtype(terms, self.variable_dtype)
+    if valid is not None:
+      logits = tf.where(valid > 0, logits, _MASKED_LOGIT)
+    weights = tf.cast(tf.nn.softmax(logits, axis=-1), v.dtype)
+    retrieved_content = tf.einsum("sjhiw,sjwhd->sjihd", weights, v)
+    retrieved_position = tf.einsum("sjhiw,iwd->sjihd", weights, r_v)
+
+    # [s, blocks, block, h, dv, 2] -> [b, other, length, filters * 2], term fastest.
+    stacked = tf.stack([retrieved_content, retrieved_position], axis=-1)
+    stacked = tf.reshape(stacked, [batch, other, -1, 2 * self.filters])[:, :, :length]
+    if self.use_batch_norm:
+      stacked = self.output_batch_norm(stacked, training=training)
+    outputs = tf.reshape(stacked, [batch, other, length, self.filters, 2])
+    outputs = tf.reduce_sum(outputs, axis=-1)
+    outputs = average_pool(outputs, (1, self.strides))
+    outputs = self._from_sequences(outputs)
+    return outputs
+
+  def compute_output_shape(self, input_shape):
+    input_shape = tf.TensorShape(input_shape).as_list()
+    index = 1 if self.axis == "height" else 2
+    if input_shape[index] is not None:
+      input_shape[index] = -(-input_shape[index] // self.strides)
+    input_shape[-1] = self.filters
+    return tf.TensorShape(input_shape)
+
+  def compute_multiply_adds(self, input_shape):
+    """Multiply-adds of one forward pass (papers.md §1.7).
+
+    HW * C * (2K + V) for the projection plus HW * L * (3K + 2V) for qk, qr, kr, sv and
+    sve, where L = min(span, axis length) (the axis length for the global span),
+    K = total query depth and V = filters. Batch norms, softmax and pooling are not
+    counted.
+
+    Args:
+      input_shape: `[batch, height, width, channels]` or `[height, width, channels]`
+        (batch is ignored; counts are per example).
+
+    Returns:
+      Python int.
+    """
+    height, width, channels = list(input_shape)[-3:]
+    length = height if self.axis == "height" else width
+    attended = length if self.span is None else min(self.span, length)
+    key_depth = self.query_depth * self.num_heads
+    positions = height * width
+    return int(positions * channels * (2 * key_depth + self.filters)
+               + positions * attended * (3 * key_depth + 2 * self.filters))
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(
+        filters=self.filters, axis=self.axis, num_heads=self.num_heads, span=self.span,
+        query_key_fraction=self.query_key_fraction, strides=self.strides,
+        use_batch_norm=self.use_batch_norm, max_global_length=self.max_global_length,
+        kernel_initializer=tf_keras.initializers.serialize(self.kernel_initializer),
+        relative_initializer=tf_keras.initializers.serialize(self.relative_initializer),
+        batch_norm_momentum=self.batch_norm_momentum,
+        batch_norm_epsilon=self.batch_norm_epsilon,
+        synchronized_batch_norm=self.synchronized_batch_norm)
+    return config

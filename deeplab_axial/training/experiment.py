@@ -1,0 +1,325 @@
+"""Runs an experiment config: train, eval, train_and_eval or continuous_eval.
+
+This is the logic behind `trainer/train.py`: the CLI only parses flags.
+"""
+import json
+import os
+import time
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from deeplab_axial import config as config_lib
+from deeplab_axial import losses as losses_lib
+from deeplab_axial.data import datasets
+from deeplab_axial.data import pipeline
+from deeplab_axial.models import builder
+from deeplab_axial.training import distribution
+from deeplab_axial.training import evaluation
+from deeplab_axial.training import loop
+from deeplab_axial.training import optimizers
+
+TrainingDivergedError = loop.TrainingDivergedError
+
+MODES = ("train", "eval", "train_and_eval", "continuous_eval")
+METRICS_FILE = "eval_metrics.json"
+_PANOPTIC_LOSS_NAMES = ("total", "semantic", "center", "offset")
+
+
+def run_from_flags(*, config_file, mode, model_dir, overrides=(), num_gpus=0,
+                   num_cpu_replicas=0, tpu=None, data_dir=None):
+  """Loads the config, creates the strategy and runs `mode`. Returns the final metrics."""
+  if mode not in MODES:
+    raise ValueError(f"--mode={mode!r} is not one of {MODES}")
+  strategy = distribution.create_strategy(num_gpus=num_gpus, tpu=tpu,
+                                          num_cpu_replicas=num_cpu_replicas)
+  experiment_config = config_lib.load_config(config_file, overrides)
+  return run_experiment(experiment_config, mode, model_dir, strategy=strategy,
+                        data_dir=data_dir)
+
+
+def default_data_dir():
+  return os.environ.get("DEEPLAB_AXIAL_DATA_DIR", os.path.abspath("data_cache"))
+
+
+def run_experiment(experiment_config, mode, model_dir, strategy=None, data_dir=None):
+  """Runs one mode of an experiment.
+
+  Args:
+    experiment_config: a loaded (validated) `ExperimentOptions`.
+    mode: one of MODES.
+    model_dir: checkpoints, `train/` and `eval/` summaries, `eval_metrics.json`.
+    strategy: a `tf.distribute.Strategy` (default: the current one).
+    data_dir: where relative file patterns are resolved (and the shapes demo data made).
+
+  Returns:
+    The metrics of the last evaluation (dict), or {} when nothing was evaluated.
+  """
+  if mode not in MODES:
+    raise ValueError(f"mode {mode!r} is not one of {MODES}")
+  if experiment_config.model.meta_architecture != "panoptic_deeplab":
+    raise ValueError(
+        f"model.meta_architecture {experiment_config.model.meta_architecture!r}: the trainer "
+        "runs panoptic_deeplab experiments; semantic and classification experiments are "
+        "not wired into the trainer yet")
+  strategy = strategy or tf.distribute.get_strategy()
+  data_dir = data_dir or default_data_dir()
+  tf.io.gfile.makedirs(model_dir)
+  if distribution.is_chief(strategy):
+    with tf.io.gfile.GFile(os.path.join(model_dir, "config.textproto"), "w") as f:
+      f.write(config_lib.config_to_text(experiment_config))
+  previous_policy = tf_keras.mixed_precision.global_policy()
+  tf_keras.mixed_precision.set_global_policy(experiment_config.train.mixed_precision)
+  try:
+    return _Experiment(experiment_config, model_dir, strategy, data_dir).run(mode)
+  finally:
+    tf_keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _file_pattern(patterns, data_dir, dataset_name, split):
+  resolved = [config_lib.resolve_file_pattern(p, data_dir) for p in patterns]
+  if not resolved:
+    raise ValueError(f"dataset.{split}_file_pattern is empty for dataset {dataset_name!r}")
+  return resolved
+
+
+def _ensure_demo_data(dataset_info, patterns, data_dir):
+  """Creates the procedural shapes TFRecords on first use (cached afterwards)."""
+  if dataset_info.name != "shapes" or all(tf.io.gfile.glob(p) for p in patterns):
+    return
+  from deeplab_axial.data.converters import shapes  # pylint: disable=import-outside-toplevel
+  output_dir = os.path.dirname(patterns[0])
+  logging.info("Creating the shapes demo dataset in %s (first use only).", output_dir)
+  shapes.ensure_shapes_tfrecords(output_dir, show_progress=True)
+
+
+class _Experiment:
+  """Holds the model, data and loops of one panoptic experiment."""
+
+  def __init__(self, experiment_config, model_dir, strategy, data_dir):
+    self.config = experiment_config
+    self.model_dir = model_dir
+    self.strategy = strategy
+    self.info = datasets.get_dataset_info(experiment_config.dataset.name)
+    dataset = experiment_config.dataset
+    self.train_patterns = _file_pattern(dataset.train_file_pattern, data_dir, dataset.name,
+                                        "train")
+    self.eval_patterns = _file_pattern(dataset.eval_file_pattern, data_dir, dataset.name,
+                                       "eval")
+    _ensure_demo_data(self.info, self.train_patterns + self.eval_patterns, data_dir)
+    tf_keras.utils.set_random_seed(experiment_config.train.seed)
+    with strategy.scope():
+      self.model = builder.build_model(experiment_config, self.info)
+      self.optimizer, self.schedule = optimizers.build_optimizer(
+          experiment_config.solver, experiment_config.train.steps)
+    loss = experiment_config.loss
+    # The loop checks finiteness itself (it names the step); XLA would drop the assert.
+    self.loss = losses_lib.PanopticDeepLabLoss(
+        semantic_weight=loss.semantic_weight, center_weight=loss.center_weight,
+        offset_weight=loss.offset_weight, top_k_fraction=loss.semantic_top_k,
+        ignore_label=self.info.ignore_label, check_finite=False)
+    self.metrics_path = os.path.join(model_dir, METRICS_FILE)
+    self._trainer = None
+    self._evaluator = None
+    self._eval_writer = None
+
+  # ----------------------------------------------------------------------------- train
+  def _train_dataset_fn(self, input_context):
+    dataset, augmentation = self.config.dataset, self.config.dataset.augmentation
+    targets = dataset.targets
+    return pipeline.build_panoptic_dataset(
+        self.train_patterns, self.info, is_training=True,
+        batch_size=self.config.train.batch_size, crop_size=tuple(dataset.crop_size),
+        min_scale=augmentation.min_scale_factor, max_scale=augmentation.max_scale_factor,
+        scale_step=augmentation.scale_factor_step, flip=augmentation.horizontal_flip,
+        photometric=pipeline.PhotometricOptions() if augmentation.photometric else None,
+        shuffle_buffer=dataset.shuffle_buffer_size, seed=self.config.train.seed,
+        target_options={"sigma": targets.sigma,
+                        "small_instance_area": targets.small_instance_area,
+                        "small_instance_weight": targets.small_instance_weight,
+                        "ignore_crowd_in_semantic": targets.ignore_crowd_in_semantic},
+        input_context=input_context)
+
+  def _compute_losses(self, batch, outputs):
+    return self.loss(batch, outputs, self.config.train.batch_size)
+
+  @property
+  def trainer(self):
+    if self._trainer is None:
+      train = self.config.train
+      self._trainer = loop.Trainer(
+          strategy=self.strategy, model=self.model, optimizer=self.optimizer,
+          compute_losses=self._compute_losses, loss_names=_PANOPTIC_LOSS_NAMES,
+          train_dataset_fn=self._train_dataset_fn, global_batch_size=train.batch_size,
+          total_steps=train.steps, model_dir=self.model_dir,
+          steps_per_loop=train.steps_per_loop, checkpoint_interval=train.checkpoint_interval,
+          max_to_keep=train.max_to_keep, summary_interval=train.summary_interval,
+          jit_compile=train.jit_compile,
+          checkpoint_items={"backbone": builder.find_backbone(self.model)})
+    return self._trainer
+
+  def _restore_for_training(self):
+    if self.trainer.restore_or_initialize():
+      return
+    initial = self.config.train.initial_checkpoint
+    if initial:
+      restore_initial_checkpoint(self.model, initial, self.config.train.init_modules)
+
+  # ------------------------------------------------------------------------------ eval
+  @property
+  def evaluator(self):
+    if self._evaluator is None:
+      eval_options = self.config.eval
+      post_processor = evaluation.default_post_processor(
+          self.info.thing_class_ids, self.info.label_divisor, self.info.ignore_label,
+          center_threshold=eval_options.center_threshold, nms_kernel=eval_options.nms_kernel,
+          top_k=eval_options.top_k,
+          stuff_area=eval_options.stuff_area or self.info.stuff_area)
+      self._evaluator = evaluation.Evaluator(
+          self.model, post_processor, num_classes=self.info.num_classes,
+          ignore_label=self.info.ignore_label, label_divisor=self.info.label_divisor,
+          thing_classes=self.info.thing_class_ids, strategy=self.strategy,
+          scales=tuple(eval_options.scales) or (1.0,), flip=eval_options.flip,
+          compute_ap="ap" in eval_options.metrics)
+    return self._evaluator
+
+  def _eval_dataset(self):
+    eval_options = self.config.eval
+    crop = tuple(eval_options.crop_size) or tuple(self.info.eval_crop_size or ()) or None
+    return pipeline.build_panoptic_dataset(
+        self.eval_patterns, self.info, is_training=False, batch_size=eval_options.batch_size,
+        crop_size=crop, generate_targets=False)
+
+  def evaluate(self, step):
+    """Evaluates the current weights; writes `eval_metrics.json` and summaries."""
+    start = time.perf_counter()
+    results = self.evaluator.evaluate(self._eval_dataset(),
+                                      num_steps=self.config.eval.steps or None)
+    scalars = {k: float(v) for k, v in results.items() if np.ndim(v) == 0}
+    logging.info("eval at step %d (%.1f s): %s", step, time.perf_counter() - start,
+                 " ".join(f"{k} {v:.4f}" for k, v in sorted(scalars.items())))
+    if distribution.is_chief(self.strategy):
+      self._record_metrics(step, scalars)
+    return scalars
+
+  def _record_metrics(self, step, scalars):
+    all_metrics = read_metrics(self.metrics_path)
+    all_metrics[str(step)] = scalars
+    temporary = self.metrics_path + ".tmp"
+    with tf.io.gfile.GFile(temporary, "w") as f:
+      json.dump(all_metrics, f, indent=1, sort_keys=True)
+    tf.io.gfile.rename(temporary, self.metrics_path, overwrite=True)
+    if self._eval_writer is None:
+      self._eval_writer = tf.summary.create_file_writer(os.path.join(self.model_dir, "eval"))
+    with self._eval_writer.as_default(step=step):
+      for name, value in scalars.items():
+        tf.summary.scalar(f"metrics/{name}", value)
+    self._eval_writer.flush()
+
+  def _restore_for_eval(self, checkpoint_path):
+    checkpoint = tf.train.Checkpoint(model=self.model)
+    checkpoint.restore(checkpoint_path).expect_partial()
+    return checkpoint_step(checkpoint_path)
+
+  # ------------------------------------------------------------------------------ modes
+  def run(self, mode):
+    return getattr(self, f"_run_{mode}")()
+
+  def _run_train(self):
+    self._restore_for_training()
+    self.trainer.train()
+    return {}
+
+  def _run_eval(self):
+    path = tf.train.latest_checkpoint(self.model_dir)
+    if path is None:
+      raise FileNotFoundError(f"no checkpoint in --model_dir={self.model_dir} to evaluate")
+    return self.evaluate(self._restore_for_eval(path))
+
+  def _run_train_and_eval(self):
+    self._restore_for_training()
+    total, interval = self.config.train.steps, self.config.eval.interval
+    step = self.trainer.global_step
+    results = read_metrics(self.metrics_path).get(str(step), {})
+    if step >= total and results:
+      logging.info("Training already finished at step %d and was evaluated: %s", step,
+                   results)
+      return results
+    while step < total:
+      step = self.trainer.train(until_step=min(total, (step // interval + 1) * interval))
+      results = self.evaluate(step)
+    if str(step) not in read_metrics(self.metrics_path):
+      results = self.evaluate(step)
+    return results
+
+  def _run_continuous_eval(self):
+    results = {}
+    timeout = self.config.eval.continuous_eval_timeout
+    for path in tf.train.checkpoints_iterator(self.model_dir, timeout=timeout):
+      step = self._restore_for_eval(path)
+      results = self.evaluate(step)
+      if step >= self.config.train.steps:
+        break
+    return results
+
+
+def read_metrics(path):
+  """The {step: metrics} dict of an `eval_metrics.json`, or {} when it does not exist."""
+  if not tf.io.gfile.exists(path):
+    return {}
+  with tf.io.gfile.GFile(path) as f:
+    return json.load(f)
+
+
+def checkpoint_step(path):
+  """The step number at the end of a checkpoint prefix such as `.../ckpt-1200`."""
+  try:
+    return int(path.rsplit("-", 1)[1])
+  except (IndexError, ValueError) as e:
+    raise ValueError(f"checkpoint path {path!r} does not end in -<step>") from e
+
+
+def restore_initial_checkpoint(model, checkpoint, modules=()):
+  """Initializes `model` (or only its `modules`, e.g. ["backbone"]) from a checkpoint.
+
+  Args:
+    model: the model built by `builder.build_model`.
+    checkpoint: a checkpoint prefix or a directory (its latest checkpoint is used).
+    modules: names of parts to restore; empty restores the whole model.
+
+  Returns:
+    The checkpoint path used.
+
+  Raises:
+    FileNotFoundError: no checkpoint at `checkpoint`.
+    ValueError: an unknown module name.
+  """
+  path = resolve_checkpoint(checkpoint)
+  parts = {"backbone": builder.find_backbone(model)}
+  unknown = [m for m in modules if m not in parts]
+  if unknown:
+    raise ValueError(f"train.init_modules {unknown} unknown; expected names from "
+                     f"{sorted(parts)} (or none for the whole model)")
+  items = {m: parts[m] for m in modules} if modules else {"model": model}
+  status = tf.train.Checkpoint(**items).restore(path).expect_partial()
+  try:
+    status.assert_existing_objects_matched()
+    logging.info("Initialized %s from %s; every variable was found.", sorted(items), path)
+  except AssertionError as e:
+    logging.warning("Initialized %s from %s, but some variables were not in the "
+                    "checkpoint and keep their initial values: %s", sorted(items), path, e)
+  return path
+
+
+def resolve_checkpoint(checkpoint):
+  """A checkpoint prefix for `checkpoint`, which may be a prefix or a directory."""
+  if tf.io.gfile.isdir(checkpoint):
+    latest = tf.train.latest_checkpoint(checkpoint)
+    if latest is None:
+      raise FileNotFoundError(f"no checkpoint found in directory {checkpoint!r}")
+    return latest
+  if not tf.io.gfile.glob(checkpoint + ".index"):
+    raise FileNotFoundError(f"checkpoint {checkpoint!r} does not exist (no {checkpoint}.index)")
+  return checkpoint

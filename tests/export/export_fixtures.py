@@ -1,0 +1,52 @@
+"""Helpers for the export tests: a small Panoptic-DeepLab with varied outputs, images."""
+import numpy as np
+import tf_keras
+
+from deeplab_axial.models import panoptic_deeplab  # the function (the package re-exports it)
+
+# Post-processing settings of every export here: small enough for tiny images.
+POST_PROCESSING = {"top_k": 16, "stuff_area": 20, "center_threshold": 0.05, "nms_kernel": 3}
+# Numeric subdirectories already in the base path before the shared export.
+PREEXISTING_VERSIONS = ("3", "1")
+
+
+def _tiny_backbone():
+  """Plain-Keras backbone with endpoints res2 (OS 4), res3 (OS 8), res5 (OS 16)."""
+  images = tf_keras.Input((None, None, 3))
+  x = tf_keras.layers.Conv2D(4, 3, strides=2, padding="same")(images)
+  res2 = tf_keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)
+  res3 = tf_keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(res2)
+  res5 = tf_keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(res3)
+  return tf_keras.Model(images, {"res2": res2, "res3": res3, "res5": res5}, name="tiny")
+
+
+def build_tiny_model(num_classes, seed=0):
+  """A small Panoptic-DeepLab whose kernels are re-drawn so that outputs vary a lot.
+
+  Freshly initialized heads predict a near-zero heatmap (no centres) and near-uniform
+  classes; redrawing conv kernels/biases gives several classes, centres and instances.
+  """
+  model = panoptic_deeplab(
+      _tiny_backbone(), num_classes, aspp_channels=8, atrous_rates=(1, 2, 3),
+      semantic_decoder_channels=8, instance_decoder_channels=8,
+      semantic_low_level_projections=(4, 4), instance_low_level_projections=(4, 4),
+      semantic_head_channels=8, center_head_channels=4, offset_head_channels=4)
+  rng = np.random.default_rng(seed)
+  for variable in model.variables:
+    name = variable.name
+    if "kernel" in name:
+      fan_in = int(np.prod(variable.shape[:-1])) or 1
+      variable.assign(rng.normal(0.0, 3.0 / np.sqrt(fan_in), variable.shape))
+    elif "bias" in name:
+      variable.assign(rng.normal(0.0, 0.5, variable.shape))
+  return model
+
+
+def scene_images(rng, count, height, width):
+  """uint8 images of a few flat rectangles on a noisy background (varied predictions)."""
+  images = rng.integers(0, 60, (count, height, width, 3)).astype(np.uint8)
+  for image in images:
+    for _ in range(4):
+      y, x = rng.integers(0, height - 4), rng.integers(0, width - 4)
+      image[y:y + rng.integers(4, 12), x:x + rng.integers(4, 14)] = rng.integers(0, 256, 3)
+  return images

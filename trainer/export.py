@@ -1,0 +1,83 @@
+r"""Exports a trained checkpoint as a TF Serving SavedModel.
+
+  python trainer/export.py --config_file=configs/shapes/axial_deeplab_demo.textproto \
+      --checkpoint=/tmp/demo --output_dir=/tmp/demo_export
+
+writes `<output_dir>/<version>/` (saved_model.pb, variables/, fingerprint.pb,
+assets.extra/deeplab_axial_export.json). `--checkpoint` is a checkpoint prefix or a
+model_dir (its latest checkpoint). The version is --version, else `export.version` when the
+config sets it, else 1 + the largest existing version. See docs/serving.md.
+"""
+import os
+import sys
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+flags.DEFINE_string("config_file", None, "Path to an ExperimentOptions textproto.")
+flags.DEFINE_multi_string("config_override", [],
+                          "Text-format override such as 'eval.top_k: 100' (repeatable).")
+flags.DEFINE_string("checkpoint", None, "Checkpoint prefix, or a model_dir (latest one).")
+flags.DEFINE_string("output_dir", None, "TF Serving model base path; writes <version>/.")
+flags.DEFINE_integer("version", None, "Version number (default: see the module doc).")
+flags.DEFINE_bool("overwrite", False, "Replace an existing version directory.")
+flags.DEFINE_bool("with_preprocessing_crop", False,
+                  "Static-shape variant (TPU/XLA): the model runs at export.crop_size (or "
+                  "the eval crop size); inputs are padded/resized to it and cropped back.")
+flags.DEFINE_bool("jit_compile", False, "XLA-compile the static variant's model + "
+                  "post-processing (needs --with_preprocessing_crop).")
+flags.DEFINE_bool("include_semantic_probs", True, "Output semantic_probs.")
+flags.DEFINE_string("tflite_output", None,
+                    "Also write a TFLite model of the semantic path here (static size).")
+flags.mark_flags_as_required(["config_file", "checkpoint", "output_dir"])
+
+
+def _static_size(config, dataset_info):
+  for size in (config.export.crop_size, config.eval.crop_size, dataset_info.eval_crop_size):
+    if size:
+      return tuple(size)
+  raise ValueError("--with_preprocessing_crop needs export.crop_size, eval.crop_size or a "
+                   "dataset eval_crop_size")
+
+
+def main(argv):
+  del argv
+  # pylint: disable=import-outside-toplevel
+  from deeplab_axial import config as config_lib
+  from deeplab_axial.data import datasets
+  from deeplab_axial.export import saved_model
+  from deeplab_axial.models import builder
+  flag_values = flags.FLAGS
+  try:
+    config = config_lib.load_config(flag_values.config_file, flag_values.config_override)
+    dataset_info = datasets.get_dataset_info(config.dataset.name)
+    model = builder.build_model(config)
+    prefix = saved_model.restore_model(model, flag_values.checkpoint)
+    static_size = (_static_size(config, dataset_info)
+                   if flag_values.with_preprocessing_crop else None)
+    options = saved_model.serving_options_from_config(
+        config, dataset_info, static_size=static_size, jit_compile=flag_values.jit_compile,
+        include_semantic_probs=flag_values.include_semantic_probs)
+    version = flag_values.version
+    if version is None and config.export.HasField("version"):
+      version = config.export.version
+    path = saved_model.export_saved_model(
+        model, flag_values.output_dir, version=version, overwrite=flag_values.overwrite,
+        dataset_info=dataset_info, serving=options,
+        metadata={"checkpoint": prefix, "config": config_lib.config_to_text(config)})
+    print(f"exported {prefix} to {path}")
+    if flag_values.tflite_output:
+      from deeplab_axial.export import tflite
+      size = static_size or _static_size(config, dataset_info)
+      tflite.convert_semantic_model(model, flag_values.tflite_output, size)
+      print(f"wrote {flag_values.tflite_output}")
+  except (ValueError, FileNotFoundError, FileExistsError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  app.run(main)

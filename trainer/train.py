@@ -1,0 +1,52 @@
+r"""Trains and/or evaluates an experiment described by a textproto config.
+
+  python trainer/train.py --config_file=configs/shapes/axial_deeplab_demo.textproto \
+      --mode=train_and_eval --model_dir=/tmp/demo
+
+Modes: train, eval, train_and_eval, continuous_eval. Training resumes automatically from the
+latest checkpoint in --model_dir.
+"""
+import os
+import sys
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+_MODES = ("train", "eval", "train_and_eval", "continuous_eval")
+
+flags.DEFINE_string("config_file", None, "Path to an ExperimentOptions textproto.")
+flags.DEFINE_enum("mode", "train_and_eval", _MODES, "What to run.")
+flags.DEFINE_string("model_dir", None, "Directory for checkpoints, summaries and metrics.")
+flags.DEFINE_multi_string("config_override", [],
+                          "Text-format override such as 'train.batch_size: 8' (repeatable).")
+flags.DEFINE_integer("num_gpus", 0, "GPUs for MirroredStrategy (0: CPU or one device).")
+flags.DEFINE_integer("num_cpu_replicas", 0,
+                     "Split the CPU into N logical devices and mirror over them (testing).")
+flags.DEFINE_string("tpu", None, "TPU name/address for TPUStrategy ('local' on a TPU VM).")
+flags.DEFINE_string("data_dir", None,
+                    "Directory that relative dataset file patterns are resolved against "
+                    "(default: $DEEPLAB_AXIAL_DATA_DIR or ./data_cache).")
+flags.mark_flags_as_required(["config_file", "model_dir"])
+
+
+def main(argv):
+  del argv
+  # Imported here so that --help works without loading TensorFlow.
+  from deeplab_axial.training import experiment  # pylint: disable=import-outside-toplevel
+  flag_values = flags.FLAGS
+  try:
+    experiment.run_from_flags(
+        config_file=flag_values.config_file, mode=flag_values.mode,
+        model_dir=flag_values.model_dir, overrides=flag_values.config_override,
+        num_gpus=flag_values.num_gpus, num_cpu_replicas=flag_values.num_cpu_replicas,
+        tpu=flag_values.tpu, data_dir=flag_values.data_dir)
+  except (ValueError, FileNotFoundError, experiment.TrainingDivergedError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  app.run(main)
