@@ -409,7 +409,8 @@ class _Validator:
       self.int_list("model.context_head.jpu.atrous_rates", length=3)
       self.positive("model.context_head.jpu.filters", "model.context_head.jpu.aspp_channels")
     elif head == "danet":
-      self.non_negative("model.context_head.danet.inter_channels")
+      self.non_negative("model.context_head.danet.inter_channels",
+                        "model.context_head.danet.aux_loss_weight")
       self.positive("model.context_head.danet.reduction")
     elif head == "gated_scnn":
       self.int_list("model.context_head.gated_scnn.shape_stream_filters")
@@ -417,6 +418,8 @@ class _Validator:
       self.positive("model.context_head.gated_scnn.aspp_filters",
                     "model.context_head.gated_scnn.decoder_filters",
                     "model.context_head.gated_scnn.low_level_filters")
+      self.non_negative("model.context_head.gated_scnn.boundary_loss_weight",
+                        "model.context_head.gated_scnn.dual_task_loss_weight")
     elif head == "segvit":
       self.positive("model.context_head.segvit.atm_layers")
       self.non_negative("model.context_head.segvit.head_hidden_size",
@@ -426,7 +429,9 @@ class _Validator:
     self.int_list(path, length=2, allow_empty=allow_empty)
     stride = self._config.model.backbone.output_stride
     sizes = self._value(path)
+    # ViTs (SegViT) have no align-corners decoder; their crops are patch multiples.
     if (self._config.model.meta_architecture != "classification" and len(sizes) == 2 and
+        not self._config.model.backbone.name.startswith("vit_") and
         stride in (8, 16, 32) and any(s > 0 and (s - 1) % stride for s in sizes)):
       advice = [max(1, round((s - 1) / stride)) * stride + 1 for s in sizes]
       self.warn(path, f"sizes of the form k * output_stride + 1 keep align-corners "

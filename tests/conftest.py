@@ -25,10 +25,15 @@ def _seed_everything():
   yield
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def two_cpu_strategy():
-  """MirroredStrategy over the two logical CPU devices."""
-  return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+  """MirroredStrategy over the two logical CPU devices, shared by the whole session.
+
+  One instance per process: several MirroredStrategy objects in one process can collide
+  in their collective-op keys ("Shape mismatch in the collective instance").
+  """
+  return tf.distribute.MirroredStrategy(
+      ["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice())
 
 
 @pytest.fixture

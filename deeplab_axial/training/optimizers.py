@@ -254,29 +254,35 @@ class RectifiedAdam(tf_keras.optimizers.Optimizer):
     index = self._index_dict[self._var_key(variable)]
     m, v = self._momentums[index], self._velocities[index]
     step = tf.cast(self.iterations + 1, dtype)
-    beta_1 = tf.cast(self.beta_1, dtype)
-    # 1 − β2^t via expm1, and 1 − β2, ρ∞ in double precision: ρ_t = ρ∞ − 2tβ2^t/(1 − β2^t)
-    # is a difference of numbers near 2/(1 − β2), so float32 cancellation in 1 − β2^t
-    # would shift ρ_t by ~0.01 (and the rectifier by ~0.2%) early in training.
+    lr = self._step_learning_rate(step, dtype)
+    one_minus_beta_1 = tf.cast(1.0 - self.beta_1, dtype)
+    one_minus_beta_2 = tf.cast(1.0 - self.beta_2, dtype)
+    m.assign_add((gradient - m) * one_minus_beta_1)
+    v.assign_add((tf.square(gradient) - v) * one_minus_beta_2)
+
+    # Scalars in a numerically careful form: ρ_t = ρ∞ − 2tβ2^t/(1 − β2^t) is a difference
+    # of numbers near 2/(1 − β2), so 1 − β2^t comes from expm1 and ρ∞ from double
+    # precision; float32 cancellation would otherwise shift ρ_t by ~0.01 early on.
     log_beta_2 = tf.cast(math.log(self.beta_2), dtype)
     beta_2_power = tf.exp(step * log_beta_2)
-    one_minus_beta_2_power = -tf.math.expm1(step * log_beta_2)
-    one_minus_beta_2 = tf.cast(1.0 - self.beta_2, dtype)
+    bias_2 = -tf.math.expm1(step * log_beta_2)  # 1 − β2^t
+    bias_1 = 1.0 - tf.pow(tf.cast(self.beta_1, dtype), step)  # 1 − β1^t
     rho_inf = 2.0 / (1.0 - self.beta_2) - 1.0
-
-    m.assign(beta_1 * m + (1.0 - beta_1) * gradient)
-    v.assign((1.0 - one_minus_beta_2) * v + one_minus_beta_2 * tf.square(gradient))
-    m_hat = m / (1.0 - tf.pow(beta_1, step))
-    v_hat = v / one_minus_beta_2_power
-    rho_t = rho_inf - 2.0 * step * beta_2_power / one_minus_beta_2_power
-    # Clamped so the unused branch stays finite; only read when rho_t > threshold.
+    rho_t = rho_inf - 2.0 * step * beta_2_power / bias_2
+    # Clamped so it stays finite when unused (ρ_t ≤ threshold).
     rectifier = tf.sqrt(tf.maximum(rho_t - 4.0, 0.0) * tf.maximum(rho_t - 2.0, 0.0) * rho_inf
                         / ((rho_inf - 4.0) * (rho_inf - 2.0) * tf.maximum(rho_t, 1e-6)))
-    adaptive = rectifier * m_hat / (tf.sqrt(v_hat) + tf.cast(self.epsilon, dtype))
-    direction = tf.where(rho_t > self.sma_threshold, adaptive, m_hat)
+    # Both branches as one expression lr_scale·m/(adaptive·√v + offset):
+    #   adaptive: r_t·m̂/(√v̂ + ε) = r_t·√(1 − β2^t)/(1 − β1^t) · m/(√v + ε·√(1 − β2^t));
+    #   momentum: m̂ = m/(1 − β1^t).
+    adaptive = tf.cast(rho_t > self.sma_threshold, dtype)
+    sqrt_bias_2 = tf.sqrt(bias_2)
+    lr_scale = lr / bias_1 * (adaptive * rectifier * sqrt_bias_2 + (1.0 - adaptive))
+    offset = adaptive * tf.cast(self.epsilon, dtype) * sqrt_bias_2 + (1.0 - adaptive)
+    update = lr_scale * m / (adaptive * tf.sqrt(v) + offset)
     if self.weight_decay and self._use_weight_decay(variable):
-      direction += tf.cast(self.weight_decay, dtype) * variable
-    variable.assign_sub(self._step_learning_rate(step, dtype) * direction)
+      update += lr * tf.cast(self.weight_decay, dtype) * variable
+    variable.assign_sub(update)
 
   def get_config(self):
     config = super().get_config()
@@ -371,40 +377,40 @@ class Lookahead(tf_keras.optimizers.Optimizer):
     with tf.init_scope():
       self.build([v for _, v in grads_and_vars])
     updated = [v for g, v in grads_and_vars if g is not None]
-    self._update_slow_weights(updated, self._copy_fast_at_period_start)
+    self._update_slow_weights(updated, self._copy_fast)
     self._optimizer.apply_gradients(
         grads_and_vars, name=name, skip_gradients_aggregation=skip_gradients_aggregation,
         **kwargs)
-    self._update_slow_weights(updated, self._synchronize_at_period_end)
+    self._update_slow_weights(updated, self._synchronize)
     return self.iterations
 
   def _slow_weight(self, variable):
     return self._slow_weights[self._index_dict[self._var_key(variable)]]
 
   def _update_slow_weights(self, variables, fn):
-    """Runs fn(fast, slow) on each device copy, in cross-replica context."""
+    """At a period boundary, runs fn(fast, slow) on every device copy of each variable."""
+
+    def update_all(distribution, variables):
+      return tf.group([
+          distribution.extended.update(variable, fn, args=(self._slow_weight(variable),),
+                                       group=True)
+          for variable in variables])
 
     def cross_replica(distribution, variables):
-      for variable in variables:
-        distribution.extended.update(variable, fn, args=(self._slow_weight(variable),),
-                                     group=False)
+      # One cond for all variables: a cond per variable costs more than Adam's whole step.
+      at_boundary = tf.equal(self.iterations % self.sync_period, 0)
+      tf.cond(at_boundary, lambda: update_all(distribution, variables), tf.no_op)
 
     tf.__internal__.distribute.interim.maybe_merge_call(
         cross_replica, self._distribution_strategy, variables)
 
-  def _at_period_boundary(self):
-    return tf.equal(self.iterations % self.sync_period, 0)
+  @staticmethod
+  def _copy_fast(fast, slow):
+    return slow.assign(fast).op
 
-  def _copy_fast_at_period_start(self, fast, slow):
-    tf.cond(self._at_period_boundary(), lambda: slow.assign(fast).op, tf.no_op)
-
-  def _synchronize_at_period_end(self, fast, slow):
-
-    def synchronize():
-      new_slow = slow + self.slow_step_size * (fast - slow)
-      return tf.group(slow.assign(new_slow), fast.assign(new_slow))
-
-    tf.cond(self._at_period_boundary(), synchronize, tf.no_op)
+  def _synchronize(self, fast, slow):
+    new_slow = slow + self.slow_step_size * (fast - slow)
+    return tf.group(slow.assign(new_slow), fast.assign(new_slow))
 
   def finalize_variable_values(self, var_list):
     self._optimizer.finalize_variable_values(var_list)
