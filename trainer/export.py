@@ -54,7 +54,7 @@ def main(argv):
   try:
     config = config_lib.load_config(flag_values.config_file, flag_values.config_override)
     dataset_info = datasets.get_dataset_info(config.dataset.name)
-    model = builder.build_model(config)
+    model = builder.build_model(config, dataset_info)
     prefix = saved_model.restore_model(model, flag_values.checkpoint)
     static_size = (_static_size(config, dataset_info)
                    if flag_values.with_preprocessing_crop else None)

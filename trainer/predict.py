@@ -57,7 +57,7 @@ def _predictor(flag_values):
   from deeplab_axial.models import builder
   config = config_lib.load_config(flag_values.config_file, flag_values.config_override)
   info = datasets.get_dataset_info(flag_values.dataset or config.dataset.name)
-  model = builder.build_model(config)
+  model = builder.build_model(config, info)
   saved_model.restore_model(model, flag_values.checkpoint)
   options = saved_model.serving_options_from_config(config, info)
   return predict.KerasPredictor(model, options), info

@@ -49,7 +49,7 @@ import json
 import os
 import shutil
 import uuid
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -499,12 +499,12 @@ def restore_model(model, checkpoint) -> str:
     The checkpoint prefix restored.
   """
   prefix = resolve_checkpoint(checkpoint)
-  status = tf.train.Checkpoint(model=model).restore(prefix).expect_partial()
-  # Every model variable must come from the checkpoint: a silent fresh init would export
-  # a random model.
   try:
+    status = tf.train.Checkpoint(model=model).restore(prefix).expect_partial()
+    # Every model variable must come from the checkpoint: a silent fresh init would
+    # export a random model.
     status.assert_existing_objects_matched()
-  except AssertionError as e:
+  except (AssertionError, ValueError) as e:
     raise ValueError(f"checkpoint {prefix} does not match the model built from the config "
                      f"(is it the same architecture?): {e}") from e
   return prefix

@@ -13,8 +13,10 @@ def test_restore_from_prefix_or_directory(tmp_path):
   trained = export_fixtures.build_tiny_model(4, seed=1)
   step = tf.Variable(7, dtype=tf.int64)
   prefix = tf.train.Checkpoint(model=trained, global_step=step).save(str(tmp_path / "ckpt"))
+  fresh = export_fixtures.build_tiny_model(4, seed=2)
   for source in (prefix, str(tmp_path)):
-    fresh = export_fixtures.build_tiny_model(4, seed=2)
+    for variable in fresh.variables:
+      variable.assign(tf.zeros_like(variable))
     assert saved_model.restore_model(fresh, source) == prefix
     for a, b in zip(fresh.variables, trained.variables):
       np.testing.assert_array_equal(a.numpy(), b.numpy())

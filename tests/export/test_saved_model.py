@@ -267,3 +267,20 @@ def test_static_size_variant_pads_or_shrinks_and_restores(tiny_model, shapes_inf
         outputs[key], np.repeat(np.repeat(expected[key], 2, 1), 2, 2), err_msg=key)
   assert outputs["semantic_probs"].shape == (1, 66, 98, shapes_info.num_classes)
   np.testing.assert_array_equal(outputs["image_height"], [66])
+
+
+@pytest.mark.slow
+def test_static_variant_under_xla_equals_graph_mode(tiny_model, shapes_info):
+  images = tf.constant(export_fixtures.scene_images(np.random.default_rng(8), 2, 30, 41))
+  results = []
+  for jit_compile in (False, True):
+    options = saved_model.serving_options(dataset_info=shapes_info, static_size=(33, 49),
+                                          jit_compile=jit_compile,
+                                          **export_fixtures.POST_PROCESSING)
+    # Keep the module referenced: its tf.functions hold only a weak reference to it.
+    module = saved_model.PanopticServingModule(tiny_model, options)
+    results.append(module.serve_images(images))
+  for key in _MAP_KEYS:
+    np.testing.assert_array_equal(results[1][key].numpy(), results[0][key].numpy())
+  with pytest.raises(ValueError, match="jit_compile=True needs static_size"):
+    saved_model.serving_options(dataset_info=shapes_info, jit_compile=True)
