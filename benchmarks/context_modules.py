@@ -19,8 +19,8 @@ model was built, run once on a tiny input and traced at the measured size (weigh
 runtime start-up and the input are excluded). Times are the
 median of `--repeats` inference calls of a `tf.function` after one warm-up call.
 
-    python benchmarks/context_modules.py           # full run (~20 min on 2 cores)
-    python benchmarks/context_modules.py --quick   # smoke run (~1 min)
+    python benchmarks/context_modules.py           # full run (~25 min on 2 loaded cores)
+    python benchmarks/context_modules.py --quick   # smoke run (2–5 min, mostly start-up)
 """
 import argparse
 import json
