@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deeplab_axial import context_losses
+from deeplab_axial import losses
 
 
 def _sigmoid(x):
@@ -29,7 +29,7 @@ def test_balanced_bce_matches_numpy_per_image_beta():
     weights = np.where(positive, beta, np.where(negative, 1 - beta, 0.0))
     expected_sum += (weights * _numpy_bce(positive, logits[image, ..., 0])).sum()
     valid_count += valid.sum()
-  loss = context_losses.balanced_boundary_bce(targets, logits)
+  loss = losses.balanced_boundary_bce(targets, logits)
   np.testing.assert_allclose(loss.numpy(), expected_sum / valid_count, rtol=1e-5)
 
 
@@ -37,16 +37,16 @@ def test_balanced_bce_weight_sum_and_all_negative_image():
   # With logits 0 every BCE term is log 2, so the loss exposes Σw = 2·P·N/(P+N).
   targets = np.zeros([1, 4, 5], np.int32)
   targets[0, :2, :2] = 1  # P = 4, N = 16.
-  loss = context_losses.balanced_boundary_bce(targets, np.zeros([1, 4, 5, 1], np.float32))
+  loss = losses.balanced_boundary_bce(targets, np.zeros([1, 4, 5, 1], np.float32))
   np.testing.assert_allclose(loss.numpy(), math.log(2) * (2 * 4 * 16 / 20) / 20, rtol=1e-6)
-  all_negative = context_losses.balanced_boundary_bce(
+  all_negative = losses.balanced_boundary_bce(
       np.zeros([1, 4, 5], np.int32), np.random.randn(1, 4, 5, 1).astype(np.float32))
   assert all_negative.numpy() == 0.0
 
 
 def test_balanced_bce_rejects_size_mismatch():
   with pytest.raises(ValueError, match="boundary_logits spatial size"):
-    context_losses.balanced_boundary_bce(np.zeros([1, 4, 4], np.int32),
+    losses.balanced_boundary_bce(np.zeros([1, 4, 4], np.int32),
                                          np.zeros([1, 2, 2, 1], np.float32))
 
 
@@ -60,7 +60,7 @@ def _numpy_potential(probabilities):
 def test_boundary_potential_of_hard_step_is_one_on_both_sides():
   labels = np.zeros([1, 4, 6], np.int32)
   labels[:, :, 3:] = 1
-  potential = context_losses.boundary_potential(tf.one_hot(labels, 2)).numpy()
+  potential = losses.boundary_potential(tf.one_hot(labels, 2)).numpy()
   expected = np.zeros([1, 4, 6])
   expected[:, :, 2:4] = 1.0
   np.testing.assert_allclose(potential, expected, atol=1e-6)
@@ -68,9 +68,9 @@ def test_boundary_potential_of_hard_step_is_one_on_both_sides():
 
 def test_gumbel_softmax_sums_to_one_and_is_reproducible():
   logits = np.random.randn(2, 3, 3, 4).astype(np.float32)
-  first = context_losses.gumbel_softmax(logits, 0.5, seed=[1, 2]).numpy()
+  first = losses.gumbel_softmax(logits, 0.5, seed=[1, 2]).numpy()
   np.testing.assert_allclose(first.sum(-1), 1.0, rtol=1e-5)
-  np.testing.assert_array_equal(first, context_losses.gumbel_softmax(logits, 0.5,
+  np.testing.assert_array_equal(first, losses.gumbel_softmax(logits, 0.5,
                                                                      seed=[1, 2]).numpy())
 
 
@@ -80,10 +80,10 @@ def test_relaxed_boundary_approaches_hard_boundary_as_temperature_falls():
   hard = _numpy_potential(np.eye(3)[labels])
   errors = []
   for temperature in (10.0, 2.0, 0.05):
-    relaxed = context_losses.gumbel_softmax(logits, temperature, seed=[3, 4])
-    errors.append(np.abs(context_losses.boundary_potential(relaxed).numpy() - hard).max())
+    relaxed = losses.gumbel_softmax(logits, temperature, seed=[3, 4])
+    errors.append(np.abs(losses.boundary_potential(relaxed).numpy() - hard).max())
   assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-4
-  terms = context_losses.dual_task_regularizer(
+  terms = losses.dual_task_regularizer(
       logits, labels, np.full([2, 8, 8, 1], -5.0, np.float32), temperature=0.05,
       seed=[3, 4])
   assert terms["boundary_consistency"].numpy() < 1e-4
@@ -97,10 +97,10 @@ def test_boundary_cross_entropy_uses_only_confident_boundary_pixels():
   confident = (_sigmoid(boundary_logits[..., 0]) > 0.8) & (labels != 255)
   log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
   ce = -np.take_along_axis(log_probs, np.where(labels == 255, 0, labels)[..., None], -1)[..., 0]
-  terms = context_losses.dual_task_regularizer(logits, labels, boundary_logits, seed=[0, 0])
+  terms = losses.dual_task_regularizer(logits, labels, boundary_logits, seed=[0, 0])
   np.testing.assert_allclose(terms["boundary_cross_entropy"].numpy(), ce[confident].mean(),
                              rtol=1e-5)
-  none_confident = context_losses.dual_task_regularizer(
+  none_confident = losses.dual_task_regularizer(
       logits, labels, np.full([1, 5, 5, 1], 1.0, np.float32), seed=[0, 0])  # σ(1) < 0.8
   assert none_confident["boundary_cross_entropy"].numpy() == 0.0
 
@@ -110,7 +110,7 @@ def test_gated_scnn_total_uses_paper_weights():
   targets = np.random.randint(0, 2, size=[1, 6, 6]).astype(np.int32)
   logits = np.random.randn(1, 6, 6, 3).astype(np.float32)
   boundary_logits = np.random.randn(1, 6, 6, 1).astype(np.float32)
-  terms = context_losses.gated_scnn_loss(logits, boundary_logits, labels, targets,
+  terms = losses.gated_scnn_loss(logits, boundary_logits, labels, targets,
                                          seed=[5, 6])
   expected = (20 * terms["boundary_bce"] + terms["semantic_cross_entropy"] +
               terms["boundary_consistency"] + terms["boundary_cross_entropy"])
@@ -123,7 +123,7 @@ def test_atm_loss_hand_case_at_zero_logits():
   labels = np.array([[[0, 0], [0, 255]]], np.int32)
   class_logits = np.zeros([1, 2, 3], np.float32)
   mask_logits = np.zeros([1, 2, 2, 2], np.float32)
-  terms = context_losses.atm_loss(class_logits, mask_logits, labels)
+  terms = losses.atm_loss(class_logits, mask_logits, labels)
   # CE = log 3 for every query; weighted mean with weights (1, 0.1) is still log 3.
   np.testing.assert_allclose(terms["class_cross_entropy"].numpy(), math.log(3), rtol=1e-6)
   # Focal at p = 0.5: log2·0.25·(0.25 for the 3 positives, 0.75 for the void negative) / 4.
@@ -133,7 +133,7 @@ def test_atm_loss_hand_case_at_zero_logits():
   np.testing.assert_allclose(terms["mask_dice"].numpy(), dice, rtol=1e-6)
   np.testing.assert_allclose(terms["total"].numpy(), math.log(3) + 20 * focal + dice,
                              rtol=1e-6)
-  excluded = context_losses.atm_loss(class_logits, mask_logits, labels,
+  excluded = losses.atm_loss(class_logits, mask_logits, labels,
                                      ignore_pixels_in_masks=False)
   np.testing.assert_allclose(excluded["mask_focal"].numpy(),
                              math.log(2) * 0.25 * 0.25, rtol=1e-6)
@@ -169,7 +169,7 @@ def test_atm_loss_matches_numpy_fixed_assignment():
   labels[1][labels[1] == 2] = 255
   class_logits = np.random.randn(2, 4, 5).astype(np.float32)
   mask_logits = np.random.randn(2, 4, 4, 4).astype(np.float32)
-  terms = context_losses.atm_loss(class_logits, mask_logits, labels)
+  terms = losses.atm_loss(class_logits, mask_logits, labels)
   expected = _numpy_atm(class_logits, mask_logits, labels, 4)
   for name, value in zip(("class_cross_entropy", "mask_focal", "mask_dice"), expected):
     np.testing.assert_allclose(terms[name].numpy(), value, rtol=1e-5, err_msg=name)
@@ -177,17 +177,17 @@ def test_atm_loss_matches_numpy_fixed_assignment():
 
 def test_atm_loss_only_void_image_is_finite_and_segvit_loss_sums_outputs():
   labels = np.full([1, 4, 4], 255, np.int32)
-  terms = context_losses.atm_loss(np.random.randn(1, 2, 3).astype(np.float32),
+  terms = losses.atm_loss(np.random.randn(1, 2, 3).astype(np.float32),
                                   np.random.randn(1, 2, 2, 2).astype(np.float32), labels)
   assert terms["mask_focal"].numpy() == 0.0 and terms["mask_dice"].numpy() == 0.0
   assert np.isfinite(terms["class_cross_entropy"].numpy())
   outputs = {"class_logits": np.random.randn(1, 3, 2, 3).astype(np.float32),
              "mask_logits": np.random.randn(1, 3, 2, 2, 2).astype(np.float32)}
   labels = np.random.randint(0, 2, size=[1, 4, 4]).astype(np.int32)
-  summed = context_losses.segvit_loss(outputs, labels)
-  expected = sum(context_losses.atm_loss(outputs["class_logits"][:, i],
+  summed = losses.segvit_loss(outputs, labels)
+  expected = sum(losses.atm_loss(outputs["class_logits"][:, i],
                                          outputs["mask_logits"][:, i], labels)["total"]
                  for i in range(3))
   np.testing.assert_allclose(summed["total"].numpy(), expected.numpy(), rtol=1e-6)
   with pytest.raises(ValueError, match="num_outputs"):
-    context_losses.segvit_loss(outputs, labels, num_outputs=4)
+    losses.segvit_loss(outputs, labels, num_outputs=4)

@@ -45,7 +45,7 @@ def gated_scnn(backbone: Union[tf_keras.Model, Callable], num_classes: int,
   Returns:
     `tf_keras.Model` mapping float images `[batch, H, W, 3]` in [0, 255] to a dict with
     float32 `semantic_logits [batch, H, W, num_classes]` and `boundary_logits
-    [batch, H, W, 1]` (losses: `context_losses.gated_scnn_loss`).
+    [batch, H, W, 1]` (losses: `losses.GatedScnnLoss`).
   """
   input_shape = tuple(input_shape) if input_shape is not None else (None, None, 3)
   if len(input_shape) != 3 or input_shape[-1] != 3:

@@ -61,7 +61,7 @@ def segvit(num_classes: int, backbone: str = "vit_tiny",
       `semantic_logits` float32 `[batch, H, W, K]`: class scores Σ_q p(c|q)·mask_q of
         the last output, bilinearly upsampled (≥ 0; argmax gives the prediction);
       `class_logits` `[batch, T, K, K + 1]`, `mask_logits` `[batch, T, H/16, W/16, K]`
-        for the loss (`context_losses.segvit_loss`), T = 3 by default.
+        for the loss (`losses.SegVitLoss`), T = 3 by default.
   """
   if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
     raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")

@@ -1,6 +1,10 @@
 """Runs an experiment config: train, eval, train_and_eval or continuous_eval.
 
-This is the logic behind `trainer/train.py`: the CLI only parses flags.
+This is the logic behind `trainer/train.py`: the CLI only parses flags. What differs
+between panoptic segmentation, semantic segmentation and classification (model, losses,
+input pipeline, evaluation) lives in `deeplab_axial.training.tasks`; this module holds
+the shared mechanics (checkpoints and resume, initial checkpoints, evaluation schedule,
+`eval_metrics.json`).
 """
 import json
 import os
@@ -12,20 +16,17 @@ import tensorflow as tf
 import tf_keras
 
 from deeplab_axial import config as config_lib
-from deeplab_axial import losses as losses_lib
 from deeplab_axial.data import datasets
-from deeplab_axial.data import pipeline
 from deeplab_axial.models import builder
 from deeplab_axial.training import distribution
-from deeplab_axial.training import evaluation
 from deeplab_axial.training import loop
 from deeplab_axial.training import optimizers
+from deeplab_axial.training import tasks
 
 TrainingDivergedError = loop.TrainingDivergedError
 
 MODES = ("train", "eval", "train_and_eval", "continuous_eval")
 METRICS_FILE = "eval_metrics.json"
-_PANOPTIC_LOSS_NAMES = ("total", "semantic", "center", "offset")
 
 
 def run_from_flags(*, config_file, mode, model_dir, overrides=(), num_gpus=0,
@@ -59,11 +60,6 @@ def run_experiment(experiment_config, mode, model_dir, strategy=None, data_dir=N
   """
   if mode not in MODES:
     raise ValueError(f"mode {mode!r} is not one of {MODES}")
-  if experiment_config.model.meta_architecture != "panoptic_deeplab":
-    raise ValueError(
-        f"model.meta_architecture {experiment_config.model.meta_architecture!r}: the trainer "
-        "runs panoptic_deeplab experiments; semantic and classification experiments are "
-        "not wired into the trainer yet")
   strategy = strategy or tf.distribute.get_strategy()
   data_dir = data_dir or default_data_dir()
   tf.io.gfile.makedirs(model_dir)
@@ -96,63 +92,38 @@ def _ensure_demo_data(dataset_info, patterns, data_dir):
 
 
 class _Experiment:
-  """Holds the model, data and loops of one panoptic experiment."""
+  """Holds the model, the task and the loops of one experiment."""
 
   def __init__(self, experiment_config, model_dir, strategy, data_dir):
     self.config = experiment_config
     self.model_dir = model_dir
     self.strategy = strategy
-    self.info = datasets.get_dataset_info(experiment_config.dataset.name)
+    info = datasets.get_dataset_info(experiment_config.dataset.name)
     dataset = experiment_config.dataset
-    self.train_patterns = _file_pattern(dataset.train_file_pattern, data_dir, dataset.name,
-                                        "train")
-    self.eval_patterns = _file_pattern(dataset.eval_file_pattern, data_dir, dataset.name,
-                                       "eval")
-    _ensure_demo_data(self.info, self.train_patterns + self.eval_patterns, data_dir)
+    train_patterns = _file_pattern(dataset.train_file_pattern, data_dir, dataset.name,
+                                   "train")
+    eval_patterns = _file_pattern(dataset.eval_file_pattern, data_dir, dataset.name, "eval")
+    _ensure_demo_data(info, train_patterns + eval_patterns, data_dir)
+    self.task = tasks.create_task(experiment_config, info, strategy, train_patterns,
+                                  eval_patterns)
     tf_keras.utils.set_random_seed(experiment_config.train.seed)
     with strategy.scope():
-      self.model = builder.build_model(experiment_config, self.info)
+      self.model = self.task.build_model()
       self.optimizer, self.schedule = optimizers.build_optimizer(
           experiment_config.solver, experiment_config.train.steps)
-    loss = experiment_config.loss
-    # The loop checks finiteness itself (it names the step); XLA would drop the assert.
-    self.loss = losses_lib.PanopticDeepLabLoss(
-        semantic_weight=loss.semantic_weight, center_weight=loss.center_weight,
-        offset_weight=loss.offset_weight, top_k_fraction=loss.semantic_top_k,
-        ignore_label=self.info.ignore_label, check_finite=False)
     self.metrics_path = os.path.join(model_dir, METRICS_FILE)
     self._trainer = None
-    self._evaluator = None
     self._eval_writer = None
 
   # ----------------------------------------------------------------------------- train
-  def _train_dataset_fn(self, input_context):
-    dataset, augmentation = self.config.dataset, self.config.dataset.augmentation
-    targets = dataset.targets
-    return pipeline.build_panoptic_dataset(
-        self.train_patterns, self.info, is_training=True,
-        batch_size=self.config.train.batch_size, crop_size=tuple(dataset.crop_size),
-        min_scale=augmentation.min_scale_factor, max_scale=augmentation.max_scale_factor,
-        scale_step=augmentation.scale_factor_step, flip=augmentation.horizontal_flip,
-        photometric=pipeline.PhotometricOptions() if augmentation.photometric else None,
-        shuffle_buffer=dataset.shuffle_buffer_size, seed=self.config.train.seed,
-        target_options={"sigma": targets.sigma,
-                        "small_instance_area": targets.small_instance_area,
-                        "small_instance_weight": targets.small_instance_weight,
-                        "ignore_crowd_in_semantic": targets.ignore_crowd_in_semantic},
-        input_context=input_context)
-
-  def _compute_losses(self, batch, outputs):
-    return self.loss(batch, outputs, self.config.train.batch_size)
-
   @property
   def trainer(self):
     if self._trainer is None:
       train = self.config.train
       self._trainer = loop.Trainer(
           strategy=self.strategy, model=self.model, optimizer=self.optimizer,
-          compute_losses=self._compute_losses, loss_names=_PANOPTIC_LOSS_NAMES,
-          train_dataset_fn=self._train_dataset_fn, global_batch_size=train.batch_size,
+          compute_losses=self.task.compute_losses, loss_names=self.task.loss_names,
+          train_dataset_fn=self.task.train_dataset, global_batch_size=train.batch_size,
           total_steps=train.steps, model_dir=self.model_dir,
           steps_per_loop=train.steps_per_loop, checkpoint_interval=train.checkpoint_interval,
           max_to_keep=train.max_to_keep, summary_interval=train.summary_interval,
@@ -168,35 +139,10 @@ class _Experiment:
       restore_initial_checkpoint(self.model, initial, self.config.train.init_modules)
 
   # ------------------------------------------------------------------------------ eval
-  @property
-  def evaluator(self):
-    if self._evaluator is None:
-      eval_options = self.config.eval
-      post_processor = evaluation.default_post_processor(
-          self.info.thing_class_ids, self.info.label_divisor, self.info.ignore_label,
-          center_threshold=eval_options.center_threshold, nms_kernel=eval_options.nms_kernel,
-          top_k=eval_options.top_k,
-          stuff_area=eval_options.stuff_area or self.info.stuff_area)
-      self._evaluator = evaluation.Evaluator(
-          self.model, post_processor, num_classes=self.info.num_classes,
-          ignore_label=self.info.ignore_label, label_divisor=self.info.label_divisor,
-          thing_classes=self.info.thing_class_ids, strategy=self.strategy,
-          scales=tuple(eval_options.scales) or (1.0,), flip=eval_options.flip,
-          compute_ap="ap" in eval_options.metrics)
-    return self._evaluator
-
-  def _eval_dataset(self):
-    eval_options = self.config.eval
-    crop = tuple(eval_options.crop_size) or tuple(self.info.eval_crop_size or ()) or None
-    return pipeline.build_panoptic_dataset(
-        self.eval_patterns, self.info, is_training=False, batch_size=eval_options.batch_size,
-        crop_size=crop, generate_targets=False)
-
   def evaluate(self, step):
     """Evaluates the current weights; writes `eval_metrics.json` and summaries."""
     start = time.perf_counter()
-    results = self.evaluator.evaluate(self._eval_dataset(),
-                                      num_steps=self.config.eval.steps or None)
+    results = self.task.evaluate(self.model, num_steps=self.config.eval.steps or None)
     scalars = {k: float(v) for k, v in results.items() if np.ndim(v) == 0}
     logging.info("eval at step %d (%.1f s): %s", step, time.perf_counter() - start,
                  " ".join(f"{k} {v:.4f}" for k, v in sorted(scalars.items())))

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from deeplab_axial import context_losses
+from deeplab_axial import losses
 from deeplab_axial.models.gated_scnn import gated_scnn
 from deeplab_axial.ops import boundaries
 
@@ -38,7 +38,7 @@ def test_outputs_and_training_step_with_dual_task_loss():
   targets = boundaries.semantic_boundaries(labels)
   with tf.GradientTape() as tape:
     outputs = model(images, training=True)
-    loss = context_losses.gated_scnn_loss(outputs["semantic_logits"],
+    loss = losses.gated_scnn_loss(outputs["semantic_logits"],
                                           outputs["boundary_logits"], labels, targets,
                                           seed=[1, 2])["total"]
   gradients = tape.gradient(loss, model.trainable_variables)

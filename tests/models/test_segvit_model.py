@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from deeplab_axial import context_losses
+from deeplab_axial import losses
 from deeplab_axial.models import count_multiply_adds
 from deeplab_axial.models.segvit import segvit
 
@@ -24,7 +24,7 @@ def test_outputs_unknown_size_and_one_training_step(shrunk):
   assert outputs["mask_logits"].shape == (2, outputs_count, 4, 5, 4)
   labels = tf.random.uniform([2, 64, 80], 0, 4, tf.int32)
   with tf.GradientTape() as tape:
-    loss = context_losses.segvit_loss(model(images, training=True), labels)["total"]
+    loss = losses.segvit_loss(model(images, training=True), labels)["total"]
   gradients = tape.gradient(loss, model.trainable_variables)
   assert all(g is not None and np.all(np.isfinite(g.numpy())) for g in gradients)
 
