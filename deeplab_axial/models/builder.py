@@ -46,8 +46,9 @@ def build_backbone(backbone_options, batch_norm_momentum=0.99, batch_norm_epsilo
                           stem=backbone_options.stem, batch_norm_momentum=batch_norm_momentum,
                           batch_norm_epsilon=batch_norm_epsilon)
   if name.startswith("axial"):
-    from deeplab_axial.models import axial_resnet  # pylint: disable=import-outside-toplevel
-    return axial_resnet.axial_resnet_from_options(
+    # Imported from its module: the package exports a function named `axial_resnet`.
+    from deeplab_axial.models.axial_resnet import axial_resnet_from_options  # pylint: disable=import-outside-toplevel
+    return axial_resnet_from_options(
         backbone_options, batch_norm_momentum=batch_norm_momentum,
         batch_norm_epsilon=batch_norm_epsilon)
   raise ValueError(f"model.backbone.name {name!r} has no res2..res5 endpoints; expected "
