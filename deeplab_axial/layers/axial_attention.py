@@ -18,14 +18,16 @@ Span
   (table of 2k-1 offsets, same parameter count as csrhddlam's `kernel_size=k`).
 * `span=m` (odd): each position attends to the m positions centred on it, offsets
   -(m-1)/2..(m-1)/2, so the tables have m rows. Keys outside the axis (the "zero padding"
-  at the borders) are excluded from the softmax. When the axis is longer than m the
-  computation is blocked: the axis is split into blocks of r = (m-1)/2 queries, each
-  block attends to a window of 3r keys (its own block and one on each side), and the
-  relative table is gathered once into a `[b, 3b]` matrix shared by all blocks
-  (b = max(r, 1); larger blocks measured slower for span 15), so time and memory are
-  O(length * m). When the axis is shorter than 2m the dense length x
-  length map with the band mask (O(length * m) as well, since length < 2m) is faster and
-  is used instead; both give identical results.
+  at the borders) are excluded from the softmax. When the axis has at least 2m
+  positions the computation is blocked: the axis is split into blocks of
+  b = max((m-1)/2, 1) queries, each block attends to a window of 3b keys (its own block
+  and one on each side), and the relative table is gathered once into a `[b, 3b]`
+  matrix shared by all blocks, so time and memory are O(length * m) (larger blocks
+  measured slower for span 15). A shorter axis uses the dense length x length map with
+  the band mask, which is O(length * m) too since length < 2m, and faster there; both
+  give identical results. In inference mode a per-head constant offset is dropped from
+  the logits (the softmax ignores it) and the similarity BN scales are folded into q and
+  k before the einsums.
 
 Batch normalization (the official recipe; `use_batch_norm=False` removes all three)
 ---------------------------------------------------------------------------------------
@@ -466,7 +468,9 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
                        f"channels] input, got shape {inputs.shape}.")
     x = self._to_sequences(inputs)  # [b, other, length, c]
     shape = tf.shape(x)
-    batch, other, length = shape[0], shape[1], shape[2]
+    batch, other = shape[0], shape[1]
+    # A Python int when the length is static, so that the path is chosen at trace time.
+    length = x.shape[2] if x.shape[2] is not None else shape[2]
     with tf.control_dependencies(self._check_length(length)):
       qkv = tf.einsum("boxc,cd->boxd", x, self.qkv_kernel)
     if self.use_batch_norm:

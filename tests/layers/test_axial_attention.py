@@ -366,6 +366,7 @@ def test_get_config_round_trip():
   assert clone.get_config() == config
 
 
+@pytest.mark.slow  # SavedModel/.keras export: ~10-20 s on the shared machine
 def test_model_save_and_load_round_trip():
   inputs = tf_keras.Input([None, None, 8])
   outputs = PositionSensitiveAxialAttention(8, "width", num_heads=2, span=3)(inputs)

@@ -132,6 +132,7 @@ def test_after_width_striding_pools_both_axes_with_ceil():
   np.testing.assert_allclose(out[0, 2, 3], full[0, 4, 6], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # SavedModel/.keras export: ~10-20 s on the shared machine
 def test_sequential_of_blocks_any_size_and_round_trip():
   model = tf_keras.Sequential([
       tf_keras.Input([None, None, 16]),
