@@ -1,4 +1,6 @@
 """deeplab_axial.models: backbones, Panoptic-DeepLab meta-architecture, M-Adds counter."""
+from deeplab_axial.models.axial_deeplab import axial_deeplab
+from deeplab_axial.models.axial_resnet import axial_resnet
 from deeplab_axial.models.multiply_adds import count_multiply_adds
 from deeplab_axial.models.panoptic_deeplab import PanopticDeepLabDecoder
 from deeplab_axial.models.panoptic_deeplab import PanopticHead
@@ -8,3 +10,4 @@ from deeplab_axial.models.panoptic_deeplab import panoptic_deeplab_resnet50
 from deeplab_axial.models.resnet import BottleneckBlock
 from deeplab_axial.models.resnet import resnet50
 from deeplab_axial.models.resnet import resnet101
+from deeplab_axial.models.torch_weights import load_axialnet_state_dict

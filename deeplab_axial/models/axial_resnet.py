@@ -1,0 +1,260 @@
+"""Axial-ResNet backbones (Axial-DeepLab, Wang et al., ECCV 2020, §3.2 and §4.1).
+
+A ResNet-50 layout whose 3×3 convolutions are replaced by height-then-width
+position-sensitive axial attention (`AxialBlock`, expansion 2). Stage widths (attention
+value depth) are 128, 256, 512, 1024 times the width multiplier; block outputs are twice
+that.
+
+Variants (`name`):
+
+| name             | blocks       | width | stride placement | global-span tables          |
+|------------------|--------------|-------|------------------|-----------------------------|
+| axial26s         | 1, 2, 4, 1   | 0.5   | after_width (PT) | 2k−1 rows, k = feature size |
+| axial50s/m/l     | 3, 4, 6, 3   | 0.5 / 0.75 / 1 | after_width | 2k−1 rows           |
+| axial_resnet_s/m/l/xl | 3, 4, 6, 3 | 0.5 / 0.75 / 1 / 2 | per_axis (paper) | 509 rows (max 255) |
+
+* `axial26s`, `axial50*` reproduce csrhddlam's PyTorch `AxialAttentionNet` layer for layer
+  (same parameter count; `torch_weights.load_axialnet_state_dict` ports its weights). Its
+  attention tables are sized to the feature length at each block (PT `kernel_size`),
+  which is why global span needs a static `input_shape` for these variants.
+* `axial_resnet_*` follow the paper: striding right after each axis's attention (AD §3.2)
+  and global-span tables covering axes up to 255 positions (DeepLab2's MAX_SPAN; the
+  paper's Tab. 1 parameter counts include such tables, papers.md §2.6), so any input
+  whose feature maps are at most 255 long works with the same weights.
+
+Stems (`stem`): "conv" — 7×7/2 conv (64 × width channels) + BN + ReLU + 3×3/2 max-pool
+(Conv-Stem Axial-ResNet); "inception" — Panoptic-DeepLab's 3×3 convs 64-64-128 (first
+stride 2) + 3×3/2 max-pool (Axial-DeepLab); "axial" — the stand-alone stem of the Full
+Axial-ResNet: three axial blocks of width 64 × width (output 128 × width), the first with
+stride 2, local span `stem_span` (m = 15, AD §4.1), after which stage 2 strides by 2.
+
+Layer names: `stem` (+ `stem_pool_pad`, `stem_pool`) or `stem_block1..3`; blocks
+`res{stage}_block{index}` (stage 2..5, index from 1); classifier `logits`.
+"""
+import collections
+
+import tf_keras
+
+from deeplab_axial.layers import axial_attention
+from deeplab_axial.layers import axial_blocks
+from deeplab_axial.layers import convolutions
+
+_Variant = collections.namedtuple(
+    "_Variant", ["block_counts", "width_multiplier", "official"])
+
+_VARIANTS = {
+    "axial26s": _Variant((1, 2, 4, 1), 0.5, True),
+    "axial50s": _Variant((3, 4, 6, 3), 0.5, True),
+    "axial50m": _Variant((3, 4, 6, 3), 0.75, True),
+    "axial50l": _Variant((3, 4, 6, 3), 1.0, True),
+    "axial_resnet_s": _Variant((3, 4, 6, 3), 0.5, False),
+    "axial_resnet_m": _Variant((3, 4, 6, 3), 0.75, False),
+    "axial_resnet_l": _Variant((3, 4, 6, 3), 1.0, False),
+    "axial_resnet_xl": _Variant((3, 4, 6, 3), 2.0, False),
+}
+VARIANTS = tuple(_VARIANTS)
+STEMS = ("conv", "inception", "axial")
+# Longest axis of the paper variants' global-span tables (2 * 255 - 1 = 509 rows), as
+# DeepLab2's MAX_SPAN.
+PAPER_MAX_GLOBAL_LENGTH = 255
+STEM_SPAN = 15
+_STAGE_WIDTHS = (128, 256, 512, 1024)
+_EXPANSION = 2
+
+
+def _conv_initializer():
+  # PyTorch kaiming_normal_(mode="fan_out", nonlinearity="relu"), as the official model.
+  return tf_keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
+
+
+def _check_span(name, span):
+  if span is not None and (isinstance(span, bool) or not isinstance(span, int)
+                           or span < 1 or span % 2 == 0):
+    raise ValueError(f"`{name}` must be None (global) or an odd positive int, got {span!r}.")
+
+
+def _ceil_div(size, stride):
+  return None if size is None else -(-size // stride)
+
+
+class _TableLengths:
+  """Tracks the static feature size to size each block's global-span tables.
+
+  With `max_global_length=None`, a global-span block gets tables for exactly the longest
+  axis it sees (the official `kernel_size`); otherwise every block gets that fixed length.
+  """
+
+  def __init__(self, input_shape, max_global_length, name):
+    self.height, self.width = input_shape[0], input_shape[1]
+    self.fixed = max_global_length
+    self.name = name
+
+  def downsample(self, stride):
+    self.height, self.width = _ceil_div(self.height, stride), _ceil_div(self.width, stride)
+
+  def for_block(self, span):
+    if span is not None:  # Local tables have `span` rows; the length is unused.
+      return axial_attention.DEFAULT_MAX_GLOBAL_LENGTH
+    if self.fixed is not None:
+      return self.fixed
+    if self.height is None or self.width is None:
+      raise ValueError(
+          f"{self.name}: global span (span=None) sizes each attention table to the feature "
+          "length (as the official model), so it needs a static `input_shape` "
+          "(height, width, 3); got unknown sizes. Pass `input_shape`, a fixed "
+          "`max_global_length`, or a local `span` (e.g. 65) for any input size.")
+    return max(self.height, self.width)
+
+
+def axial_resnet(name, num_classes=None, input_shape=None, span=None, stem="conv",
+                 output_stride=32, width_multiplier=None, num_heads=8, *,
+                 stem_span=STEM_SPAN, stride_placement=None, max_global_length=None,
+                 zero_init_residual=True, batch_norm_momentum=0.9, batch_norm_epsilon=1e-5,
+                 synchronized_batch_norm=False, model_name=None):
+  """Builds an Axial-ResNet (see the module docstring for the variants).
+
+  Args:
+    name: one of `VARIANTS`.
+    num_classes: None returns the endpoints dict; an int adds global average pooling and
+      a dense classifier returning float32 logits `[batch, num_classes]`.
+    input_shape: `(height, width, 3)`; None entries accept any size. The official variants
+      with global span need it static (their tables are sized to the feature length).
+    span: None for global attention, or an odd int m (local m-position window; any input
+      size, O(length · m) memory) in every residual block.
+    stem: "conv", "inception" or "axial" (see the module docstring).
+    output_stride: 8, 16 or 32; stages beyond it keep their resolution (no dilation:
+      attention is already long-range, AD §3.2).
+    width_multiplier: overrides the variant's width (None = variant default).
+    num_heads: attention heads per axial layer (8 in the paper).
+    stem_span: span of the axial stem's blocks (only for `stem="axial"`).
+    stride_placement: "after_width" (official PyTorch) or "per_axis" (paper); None = the
+      variant's default.
+    max_global_length: global-span table size: None = the variant default (official: the
+      static feature length at each block; paper: 255); an int fixes it for every layer.
+    zero_init_residual: initialize each block's last BN scale to 0.
+    batch_norm_momentum, batch_norm_epsilon: every BatchNormalization (defaults are
+      PyTorch's 0.1 momentum and 1e-5).
+    synchronized_batch_norm: synchronize batch statistics across replicas.
+    model_name: the Keras model name (default `name`).
+
+  Returns:
+    A `tf_keras.Model` on images `[batch, height, width, 3]` (no normalization). Without
+    classes its output is a dict `res2 [b, h/4, w/4, 256w]`, `res3 [b, h/8, w/8, 512w]`,
+    `res4 [b, h/16, w/16, 1024w]`, `res5 [b, h/32, w/32, 2048w]` (w = width multiplier;
+    strides capped at `output_stride`, sizes rounded up).
+
+  Raises:
+    ValueError: on an unknown name/stem, a bad span, output stride, class count or input
+      shape, or global span without the static sizes it needs.
+  """
+  if name not in _VARIANTS:
+    raise ValueError(f"`name` must be one of {VARIANTS}, got {name!r}.")
+  if stem not in STEMS:
+    raise ValueError(f"`stem` must be one of {STEMS}, got {stem!r}.")
+  if output_stride not in (8, 16, 32):
+    raise ValueError(f"`output_stride` must be 8, 16 or 32, got {output_stride!r}.")
+  _check_span("span", span)
+  _check_span("stem_span", stem_span)
+  if num_classes is not None and (isinstance(num_classes, bool)
+                                  or not isinstance(num_classes, int) or num_classes < 1):
+    raise ValueError(f"`num_classes` must be None or a positive int, got {num_classes!r}.")
+  input_shape = (None, None, 3) if input_shape is None else tuple(input_shape)
+  if len(input_shape) != 3 or input_shape[-1] != 3:
+    raise ValueError(f"`input_shape` must be (height, width, 3), got {input_shape!r}.")
+  variant = _VARIANTS[name]
+  width = variant.width_multiplier if width_multiplier is None else width_multiplier
+  if not width > 0:
+    raise ValueError(f"`width_multiplier` must be > 0, got {width_multiplier!r}.")
+  if stride_placement is None:
+    stride_placement = "after_width" if variant.official else "per_axis"
+  if max_global_length is None and not variant.official:
+    max_global_length = PAPER_MAX_GLOBAL_LENGTH
+  model_name = model_name or name
+
+  lengths = _TableLengths(input_shape, max_global_length, model_name)
+  bn_args = {"batch_norm_momentum": batch_norm_momentum,
+             "batch_norm_epsilon": batch_norm_epsilon}
+  block_args = dict(num_heads=num_heads, expansion=_EXPANSION,
+                    zero_init_residual=zero_init_residual,
+                    stride_placement=stride_placement,
+                    synchronized_batch_norm=synchronized_batch_norm, **bn_args)
+
+  def block(x, filters, block_span, strides, block_name):
+    layer = axial_blocks.AxialBlock(filters, span=block_span, strides=strides,
+                                    max_global_length=lengths.for_block(block_span),
+                                    name=block_name, **block_args)
+    lengths.downsample(strides)
+    return layer(x)
+
+  images = tf_keras.Input(shape=input_shape, name="images")
+  if stem == "axial":
+    x = images
+    for index in range(3):
+      x = block(x, int(64 * width), stem_span, 2 if index == 0 else 1,
+                f"stem_block{index + 1}")
+    current_stride, first_stage_stride = 2, 2
+  else:
+    if stem == "conv":
+      x = convolutions.ConvBNReLU(int(64 * width), 7, strides=2,
+                                  kernel_initializer=_conv_initializer(), name="stem",
+                                  **bn_args)(images)
+    else:
+      x = convolutions.InceptionStem(kernel_initializer=_conv_initializer(), name="stem",
+                                     **bn_args)(images)
+    # The input is post-ReLU (>= 0), so zero padding equals PyTorch's -inf padding.
+    x = tf_keras.layers.ZeroPadding2D(1, name="stem_pool_pad")(x)
+    x = tf_keras.layers.MaxPool2D(3, strides=2, padding="valid", name="stem_pool")(x)
+    lengths.downsample(4)
+    current_stride, first_stage_stride = 4, 1
+
+  endpoints = {}
+  for stage, (stage_width, blocks) in enumerate(zip(_STAGE_WIDTHS, variant.block_counts),
+                                                start=2):
+    stride = first_stage_stride if stage == 2 else 2
+    if current_stride * stride > output_stride:
+      stride = 1
+    current_stride *= stride
+    for index in range(blocks):
+      x = block(x, int(stage_width * width), span, stride if index == 0 else 1,
+                f"res{stage}_block{index + 1}")
+    endpoints[f"res{stage}"] = x
+
+  if num_classes is None:
+    return tf_keras.Model(images, endpoints, name=model_name)
+  x = tf_keras.layers.GlobalAveragePooling2D(name="global_pool")(x)
+  logits = tf_keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
+  return tf_keras.Model(images, logits, name=model_name)
+
+
+def axial_resnet_from_options(backbone_options, batch_norm_momentum=0.99,
+                              batch_norm_epsilon=1e-3, input_shape=None, num_classes=None,
+                              synchronized_batch_norm=False):
+  """The Axial-ResNet named by a `BackboneOptions` proto (see experiment.proto).
+
+  `span: 0` means global. Without a static `input_shape`, global-span tables get a fixed
+  size covering axes up to `PAPER_MAX_GLOBAL_LENGTH` (255) positions for every variant, so
+  that training and evaluation crops may differ; pass `input_shape` to size the official
+  variants' tables exactly as csrhddlam's (needed to load its weights unchanged).
+
+  Args:
+    backbone_options: a `deeplab_axial.BackboneOptions` message.
+    batch_norm_momentum, batch_norm_epsilon: BatchNormalization hyper-parameters.
+    input_shape: optional `(height, width, 3)`.
+    num_classes: None (endpoints) or classifier classes.
+    synchronized_batch_norm: synchronize batch statistics across replicas.
+
+  Returns:
+    The `tf_keras.Model` of `axial_resnet`.
+  """
+  span = backbone_options.span or None
+  static = input_shape is not None and None not in tuple(input_shape)[:2]
+  max_global_length = None
+  if span is None and not static:
+    max_global_length = PAPER_MAX_GLOBAL_LENGTH
+  return axial_resnet(
+      backbone_options.name, num_classes=num_classes, input_shape=input_shape, span=span,
+      stem=backbone_options.stem, output_stride=backbone_options.output_stride,
+      width_multiplier=backbone_options.width_multiplier or None,
+      num_heads=backbone_options.num_heads, max_global_length=max_global_length,
+      batch_norm_momentum=batch_norm_momentum, batch_norm_epsilon=batch_norm_epsilon,
+      synchronized_batch_norm=synchronized_batch_norm)

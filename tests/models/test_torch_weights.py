@@ -1,0 +1,150 @@
+"""Official-weight import: csrhddlam's PyTorch axialnet → our Axial-ResNet, logit parity."""
+import importlib
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+from deeplab_axial.models.axial_resnet import axial_resnet
+from deeplab_axial.models.axial_resnet import axial_resnet_from_options
+from deeplab_axial.models import torch_weights
+
+_SIZE = 224
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _official(csrhddlam, name, seed):
+  """A random-init official model with randomized BN affine and running statistics."""
+  import torch  # pylint: disable=import-outside-toplevel
+  axialnet = importlib.import_module(f"{csrhddlam.__name__}.axialnet")
+  torch.manual_seed(seed)
+  module = getattr(axialnet, name)()
+  generator = torch.Generator().manual_seed(seed + 1)
+  with torch.no_grad():
+    for submodule in module.modules():
+      if isinstance(submodule, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+        # Scales away from 0 (zero_init_residual would hide the attention branches).
+        submodule.weight.uniform_(0.5, 1.5, generator=generator)
+        submodule.bias.normal_(0, 0.2, generator=generator)
+        submodule.running_mean.normal_(0, 0.2, generator=generator)
+        submodule.running_var.uniform_(0.5, 2.0, generator=generator)
+  return module.eval()
+
+
+def _state_dict(module):
+  return {key: value.detach().numpy() for key, value in module.state_dict().items()}
+
+
+def _check_logit_parity(csrhddlam, name, seed):
+  import torch  # pylint: disable=import-outside-toplevel
+  module = _official(csrhddlam, name, seed)
+  images = np.random.default_rng(seed).normal(size=(1, 3, _SIZE, _SIZE)).astype(np.float32)
+  with torch.no_grad():
+    expected = module(torch.from_numpy(images)).numpy()
+  model = axial_resnet(name, num_classes=1000, input_shape=(_SIZE, _SIZE, 3))
+  loaded = torch_weights.load_axialnet_state_dict(model, _state_dict(module))
+  assert len(loaded) == sum(1 for key in _state_dict(module)
+                            if not key.endswith(("num_batches_tracked", "flatten_index")))
+  actual = model(images.transpose(0, 2, 3, 1), training=False).numpy()
+  # 1e-3 relative to the logit scale (elementwise relative error is ill-posed near 0).
+  np.testing.assert_allclose(actual, expected, rtol=1e-3,
+                             atol=1e-3 * float(np.abs(expected).max()))
+  return model, module
+
+
+def test_axial26s_logits_match_official(csrhddlam):
+  _check_logit_parity(csrhddlam, "axial26s", seed=0)
+
+
+@pytest.mark.slow
+def test_axial50s_logits_match_official(csrhddlam):
+  _check_logit_parity(csrhddlam, "axial50s", seed=1)
+
+
+def _axial26s_state(csrhddlam):
+  return _state_dict(_official(csrhddlam, "axial26s", seed=2))
+
+
+@pytest.mark.slow
+def test_errors_list_missing_unexpected_and_mis_shaped_names(csrhddlam):
+  state = _axial26s_state(csrhddlam)
+  del state["layer2.0.bn1.running_var"]
+  state["layer9.0.conv_down.weight"] = np.zeros((1, 1, 1, 1), np.float32)
+  state["layer1.0.conv_up.weight"] = state["layer1.0.conv_up.weight"][:-1]
+  state["layer3.1.hight_block.flatten_index"] = np.arange(5)
+  model = axial_resnet("axial26s", num_classes=1000,
+                                    input_shape=(_SIZE, _SIZE, 3))
+  before = model.get_layer("stem").conv.kernel.numpy()
+  with pytest.raises(ValueError) as error:
+    torch_weights.load_axialnet_state_dict(model, state)
+  message = str(error.value)
+  for text in ("1 missing: layer2.0.bn1.running_var",
+               "1 unexpected: layer9.0.conv_down.weight",
+               "layer1.0.conv_up.weight: official shape (127, 64, 1, 1)",
+               "layer3.1.hight_block.flatten_index: 5 entries"):
+    assert text in message
+  np.testing.assert_array_equal(model.get_layer("stem").conv.kernel.numpy(), before)
+  with pytest.raises(ValueError, match="conv stem"):
+    torch_weights.load_axialnet_state_dict(
+        axial_resnet("axial26s", stem="inception", span=5), state)
+
+
+def test_relative_table_offsets_and_resizing():
+  # PT columns hold offsets -(k-1)..k-1: q/v by o - p, k by p - o. Ours: rows by p - o.
+  k, dq = 3, 1
+  offsets = np.arange(-(k - 1), k).astype(np.float32)  # column c ↔ offset c - (k - 1)
+  table = np.stack([10 + offsets, 20 + offsets, 30 + offsets, 40 + offsets])
+  ours = torch_weights.relative_table_from_torch(table, dq)
+  p_minus_o = np.arange(-(k - 1), k)
+  np.testing.assert_array_equal(ours[:, 0], 10 - p_minus_o)  # q: o - p = -(p - o)
+  np.testing.assert_array_equal(ours[:, 1], 20 + p_minus_o)
+  np.testing.assert_array_equal(ours[:, 2:], np.stack([30 - p_minus_o, 40 - p_minus_o], 1))
+  padded = torch_weights.relative_table_from_torch(table, dq, rows=9)
+  np.testing.assert_array_equal(padded[2:7], ours)
+  assert not padded[:2].any() and not padded[7:].any()
+  np.testing.assert_array_equal(torch_weights.relative_table_from_torch(table, dq, rows=3),
+                                ours[1:4])
+
+
+@pytest.mark.slow
+def test_converter_cli_npz_checkpoint_restores_into_config_backbone(csrhddlam, tmp_path):
+  """.npz → CLI → checkpoint → the builder's backbone (255-long tables) gives PT logits."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  import torch  # pylint: disable=import-outside-toplevel
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from deeplab_axial.protos import experiment_pb2  # pylint: disable=import-outside-toplevel
+  module = _official(csrhddlam, "axial26s", seed=3)
+  npz = tmp_path / "axial26s.npz"
+  np.savez(npz, **{f"module.{k}": v for k, v in _state_dict(module).items()})
+  spec = importlib.util.spec_from_file_location(
+      "convert_torch_weights", os.path.join(_REPO, "trainer", "convert_torch_weights.py"))
+  cli = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(cli)
+  prefix = str(tmp_path / "ckpt")
+  flags.FLAGS([__file__, f"--input={npz}", f"--output={prefix}", "--name=axial26s",
+               "--output_stride=32", "--num_classes=1000"])
+  try:
+    cli.main([])
+  finally:
+    flags.FLAGS.unparse_flags()
+  options = experiment_pb2.BackboneOptions(name="axial26s", span=0, stem="conv",
+                                           output_stride=32)
+  # PyTorch's BN epsilon (the config default is DeepLab2's 1e-3).
+  model = axial_resnet_from_options(options, num_classes=1000,
+                                                 batch_norm_epsilon=1e-5)
+  tf.train.Checkpoint(backbone=model).read(prefix).assert_consumed()
+  images = np.random.default_rng(3).normal(size=(1, 3, _SIZE, _SIZE)).astype(np.float32)
+  with torch.no_grad():
+    expected = module(torch.from_numpy(images)).numpy()
+  actual = model(images.transpose(0, 2, 3, 1), training=False).numpy()
+  np.testing.assert_allclose(actual, expected, rtol=1e-3,
+                             atol=1e-3 * float(np.abs(expected).max()))
+
+
+def test_read_state_dict_errors(tmp_path):
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    torch_weights.read_state_dict(str(tmp_path / "absent.npz"))
+  (tmp_path / "weights.h5").write_bytes(b"")
+  with pytest.raises(ValueError, match=r"expected a \.pth"):
+    torch_weights.read_state_dict(str(tmp_path / "weights.h5"))
