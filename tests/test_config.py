@@ -215,3 +215,8 @@ def test_resolve_file_pattern(tmp_path, monkeypatch):
   assert config_lib.resolve_file_pattern("gs://bucket/x-*") == "gs://bucket/x-*"
   with pytest.raises(ValueError, match="NOT_SET_ANYWHERE"):
     config_lib.resolve_file_pattern("${NOT_SET_ANYWHERE}/x")
+
+
+def test_saving_predictions_during_training_eval_is_refused_not_ignored():
+  with pytest.raises(config_lib.ConfigError, match=r"eval\.save_predictions.*trainer/predict"):
+    config_lib.load_config(_DEMO, overrides=["eval.save_predictions: true"])
