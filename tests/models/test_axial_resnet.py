@@ -136,7 +136,8 @@ def test_save_and_load_round_trip(tmp_path):
   model.save(str(tmp_path / "model.keras"))
   restored = tf_keras.models.load_model(str(tmp_path / "model.keras"))
   np.testing.assert_allclose(restored(images), expected, rtol=1e-5, atol=1e-6)
-  model.save_weights(str(tmp_path / "weights.h5"))
+  # TF-format weights (legacy .h5 weights need unique weight names across nested layers).
+  model.save_weights(str(tmp_path / "weights"))
   fresh = axial_resnet("axial26s", num_classes=5, span=3, **_TINY)
-  fresh.load_weights(str(tmp_path / "weights.h5"))
+  fresh.load_weights(str(tmp_path / "weights"))
   np.testing.assert_allclose(fresh(images), expected, rtol=1e-5, atol=1e-6)
