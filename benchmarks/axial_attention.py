@@ -13,7 +13,9 @@ with:
 5. `jit_compile=True` vs not.
 
 Time: forward pass in inference mode (batch norm with moving statistics) of a
-`tf.function` with static shapes, median of several runs after a warm-up.
+`tf.function` with static shapes, median of several runs after a warm-up; the layers
+compared in one row run in alternation (one call each per repeat), so load from other
+processes affects them alike.
 
 Peak memory: one subprocess per measurement. The child traces the layer with unknown
 height/width on a tiny input first (so tracing and TF start-up are already paid), then
@@ -25,7 +27,8 @@ the start-up peak). `tf.config.experimental.get_memory_info` does not work on CP
 tracemalloc does not see TF's allocator. The figure includes the run's input and output
 (identical for the compared methods).
 
-Usage: python benchmarks/axial_attention.py [--quick] [--threads 2]
+Usage: python benchmarks/axial_attention.py [--quick] [--threads 2] [--repeats N]
+       [--only 2d,1d,torch,span15,jit]
 """
 import argparse
 import json
@@ -48,6 +51,7 @@ from deeplab_axial.layers import PositionSensitiveAxialAttention  # noqa: E402
 
 CHANNELS = 32
 HEADS = 8
+SECTIONS = ("2d", "1d", "torch", "span15", "jit")
 REFERENCE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "shared", "reference")
 
@@ -98,17 +102,33 @@ def input_shape(spec):
   return (1, spec["length"], spec["length"], CHANNELS)
 
 
-def time_layer(spec, repeats, jit_compile=False):
+def _compiled_forward(spec, jit_compile=False):
+  """A traced (and compiled) zero-argument forward pass of the layer described by spec."""
   layer = build_layer(spec)
   x = tf.random.normal(input_shape(spec))
   function = tf.function(lambda t: layer(t, training=False), jit_compile=jit_compile)
   function(x).numpy()  # trace (and compile)
-  times = []
+  return lambda: function(x).numpy()
+
+
+def time_layers(runs, repeats):
+  """Median seconds of each (spec, jit_compile) in runs, timed in alternation.
+
+  The compared layers run one after the other inside each repeat, so a burst of load
+  from other processes hits all of them alike and their ratios stay meaningful.
+  """
+  forwards = [_compiled_forward(spec, jit) for spec, jit in runs]
+  times = [[] for _ in runs]
   for _ in range(repeats):
-    start = time.perf_counter()
-    function(x).numpy()
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
+    for forward, samples in zip(forwards, times):
+      start = time.perf_counter()
+      forward()
+      samples.append(time.perf_counter() - start)
+  return [float(np.median(samples)) for samples in times]
+
+
+def time_layer(spec, repeats, jit_compile=False):
+  return time_layers([(spec, jit_compile)], repeats)[0]
 
 
 def time_torch_layer(length, repeats):
@@ -198,13 +218,13 @@ def benchmark_2d(sizes, repeats, threads):
              "global": dict(kind="axial2d", span=None, length=size),
              "span65": dict(kind="axial2d", span=65, length=size)}
     dense_fits = (size * size) ** 2 * 4 * HEADS <= 8 * 2 ** 30 / 2
-    times, memory = {}, {}
-    for name, spec in specs.items():
-      if name == "dense" and not dense_fits:
-        times[name] = memory[name] = None
-        continue
-      times[name] = time_layer(spec, repeats)
-      memory[name] = peak_memory(spec, threads)
+    if not dense_fits:
+      del specs["dense"]
+    times = dict(zip(specs, time_layers([(spec, False) for spec in specs.values()],
+                                        repeats)))
+    memory = {name: peak_memory(spec, threads) for name, spec in specs.items()}
+    times.setdefault("dense", None)
+    memory.setdefault("dense", None)
     print(f"| {size}² | {_fmt(1e3 * times['dense'] if times['dense'] else None)} | "
           f"{_fmt(1e3 * times['global'])} | {_fmt(1e3 * times['span65'])} | "
           f"{_fmt(_ratio(times['global'], times['dense']), 3)} | "
@@ -221,7 +241,7 @@ def benchmark_1d(lengths, repeats, threads):
   for length in lengths:
     glob = dict(kind="axial1d", span=None, length=length)
     local = dict(kind="axial1d", span=65, length=length)
-    t_global, t_local = time_layer(glob, repeats), time_layer(local, repeats)
+    t_global, t_local = time_layers([(glob, False), (local, False)], repeats)
     m_global, m_local = peak_memory(glob, threads), peak_memory(local, threads)
     print(f"| {length} | {_fmt(1e3 * t_global)} | {_fmt(1e3 * t_local)} | "
           f"{_fmt(_ratio(t_local, t_global), 2)} | {_fmt(m_global)} | {_fmt(m_local)} | "
@@ -249,8 +269,9 @@ def benchmark_torch(sizes, repeats):
 
 def benchmark_span15(repeats):
   print("\n## 2-D span 15 vs global at 112²")
-  t_global = time_layer(dict(kind="axial2d", span=None, length=112), repeats)
-  t_local = time_layer(dict(kind="axial2d", span=15, length=112), repeats)
+  t_global, t_local = time_layers(
+      [(dict(kind="axial2d", span=span, length=112), False) for span in (None, 15)],
+      repeats)
   print("| global ms | span15 ms | global/span15 speed-up |")
   print("|---|---|---|")
   print(f"| {_fmt(1e3 * t_global)} | {_fmt(1e3 * t_local)} | {_fmt(t_global / t_local, 2)} |")
@@ -263,8 +284,7 @@ def benchmark_jit(sizes, repeats):
   for size in sizes:
     for span in (None, 65):
       spec = dict(kind="axial2d", span=span, length=size)
-      plain = time_layer(spec, repeats)
-      jit = time_layer(spec, repeats, jit_compile=True)
+      plain, jit = time_layers([(spec, False), (spec, True)], repeats)
       print(f"| {size}² | {span or 'global'} | {_fmt(1e3 * plain)} | {_fmt(1e3 * jit)} | "
             f"{_fmt(jit / plain, 2)} |")
 
@@ -273,8 +293,16 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="small sizes, few repeats")
   parser.add_argument("--threads", type=int, default=2, help="TF intra-op threads")
+  parser.add_argument("--repeats", type=int, help="timed runs per measurement (default "
+                      "2 with --quick, else 5)")
+  parser.add_argument("--only", default=",".join(SECTIONS),
+                      help=f"comma-separated tables to run, from {','.join(SECTIONS)}")
   parser.add_argument("--child", help=argparse.SUPPRESS)
   args = parser.parse_args()
+  only = set(args.only.split(","))
+  if not only <= set(SECTIONS):
+    parser.error(f"--only: unknown table(s) {sorted(only - set(SECTIONS))}, expected "
+                 f"names from {SECTIONS}")
   tf.config.threading.set_intra_op_parallelism_threads(args.threads)
   tf.config.threading.set_inter_op_parallelism_threads(1)
   if args.child:
@@ -286,14 +314,19 @@ def main():
     sizes_2d = [33, 65, 129, 257]
     lengths = [129, 257, 513, 1025, 2049, 4097]
     torch_sizes, jit_sizes, repeats = [33, 65, 129], [65, 129], 5
+  repeats = args.repeats or repeats
   print(f"TensorFlow {tf.__version__}, {args.threads} intra-op threads, "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
-  benchmark_2d(sizes_2d, repeats, args.threads)
-  benchmark_1d(lengths, repeats, args.threads)
-  benchmark_torch(torch_sizes, repeats)
-  if not args.quick:
+  if "2d" in only:
+    benchmark_2d(sizes_2d, repeats, args.threads)
+  if "1d" in only:
+    benchmark_1d(lengths, repeats, args.threads)
+  if "torch" in only:
+    benchmark_torch(torch_sizes, repeats)
+  if "span15" in only and not args.quick:
     benchmark_span15(repeats)
-  benchmark_jit(jit_sizes, repeats)
+  if "jit" in only:
+    benchmark_jit(jit_sizes, repeats)
 
 
 if __name__ == "__main__":

@@ -431,7 +431,10 @@ def test_unknown_sizes_and_xla_match_eager(span):
   dynamic = tf.function(lambda t: layer(t, training=True), input_signature=signature)
   compiled = tf.function(lambda t: layer(t, training=True), jit_compile=True)
   np.testing.assert_allclose(dynamic(x).numpy(), expected, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(compiled(x).numpy(), expected, rtol=1e-4, atol=1e-4)
+  # XLA reassociates the float reductions of the training-mode batch statistics; over
+  # this tiny batch the normalization amplifies that rounding to a few 1e-4 (seen in a
+  # full-suite run), so the compiled comparison allows 1e-3.
+  np.testing.assert_allclose(compiled(x).numpy(), expected, rtol=1e-3, atol=1e-3)
   # A dynamic axis shorter than the span takes the dense path inside the same graph.
   short = x[:, :4]
   np.testing.assert_allclose(dynamic(short).numpy(), layer(short, training=True).numpy(),
