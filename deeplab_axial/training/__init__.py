@@ -8,3 +8,4 @@ from deeplab_axial.training.optimizers import Lookahead
 from deeplab_axial.training.optimizers import PolyLearningRate
 from deeplab_axial.training.optimizers import RectifiedAdam
 from deeplab_axial.training.optimizers import StepLearningRate
+from deeplab_axial.training.sync_batch_norm import enable_sync_batch_norm

@@ -60,16 +60,19 @@ def _multi_worker_config():
 
 def _logical_cpus(count):
   """Splits the first physical CPU into `count` logical devices when still possible."""
-  existing = tf.config.list_logical_devices("CPU")
-  if len(existing) < count:
-    cpu = tf.config.list_physical_devices("CPU")[0]
+  # Only the physical-device and configuration queries leave the runtime uninitialised;
+  # listing logical devices would initialise it and make the split impossible.
+  cpu = tf.config.list_physical_devices("CPU")[0]
+  configured = tf.config.get_logical_device_configuration(cpu) or []
+  if len(configured) < count:
     try:
       tf.config.set_logical_device_configuration(
           cpu, [tf.config.LogicalDeviceConfiguration()] * count)
     except RuntimeError as e:
+      existing = len(tf.config.list_logical_devices("CPU"))
       raise ValueError(
           f"cannot create {count} logical CPU replicas after TensorFlow initialised its "
-          f"devices ({len(existing)} exist); request them before any TF op runs") from e
+          f"devices ({existing} exist); request them before any TF op runs") from e
     logging.info("Split the host CPU into %d logical devices.", count)
   return [d.name for d in tf.config.list_logical_devices("CPU")[:count]]
 

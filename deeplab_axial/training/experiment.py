@@ -21,6 +21,8 @@ from deeplab_axial.models import builder
 from deeplab_axial.training import distribution
 from deeplab_axial.training import loop
 from deeplab_axial.training import optimizers
+from deeplab_axial.training import summaries
+from deeplab_axial.training import sync_batch_norm
 from deeplab_axial.training import tasks
 
 TrainingDivergedError = loop.TrainingDivergedError
@@ -111,6 +113,10 @@ class _Experiment:
       self.model = self.task.build_model()
       self.optimizer, self.schedule = optimizers.build_optimizer(
           experiment_config.solver, experiment_config.train.steps)
+    # Before the first trace of a training step: it changes how BN layers compute.
+    sync_batch_norm.configure_sync_batch_norm(self.model, strategy,
+                                              experiment_config.train.sync_batch_norm,
+                                              experiment_config.train.jit_compile)
     self.metrics_path = os.path.join(model_dir, METRICS_FILE)
     self._trainer = None
     self._eval_writer = None
@@ -148,6 +154,13 @@ class _Experiment:
                  " ".join(f"{k} {v:.4f}" for k, v in sorted(scalars.items())))
     if distribution.is_chief(self.strategy):
       self._record_metrics(step, scalars)
+    if isinstance(self.task, tasks.PanopticTask):
+      # Every worker samples (reading synced BN statistics is collective); the chief writes.
+      sample = summaries.sample_panoptic_predictions(
+          self.model, self.task.post_process_fn(self.model), self.task.eval_dataset())
+      if distribution.is_chief(self.strategy):
+        summaries.write_panoptic_images(self._eval_writer, step, *sample, self.task.info)
+        self._eval_writer.flush()
     return scalars
 
   def _record_metrics(self, step, scalars):
@@ -159,9 +172,7 @@ class _Experiment:
     tf.io.gfile.rename(temporary, self.metrics_path, overwrite=True)
     if self._eval_writer is None:
       self._eval_writer = tf.summary.create_file_writer(os.path.join(self.model_dir, "eval"))
-    with self._eval_writer.as_default(step=step):
-      for name, value in scalars.items():
-        tf.summary.scalar(f"metrics/{name}", value)
+    summaries.write_scalars(self._eval_writer, step, scalars)
     self._eval_writer.flush()
 
   def _restore_for_eval(self, checkpoint_path):

@@ -108,16 +108,25 @@ class Trainer:
     items = dict(checkpoint_items or {})
     items.update(model=model, optimizer=optimizer, global_step=self._global_step)
     self._checkpoint = tf.train.Checkpoint(**items)
-    checkpoint_dir = model_dir if self._is_chief else os.path.join(
+    # Every worker must save (saving reads distributed variables collectively), but only
+    # the chief's files are kept; the others write to a directory removed after training.
+    self._checkpoint_dir = model_dir if self._is_chief else os.path.join(
         model_dir, f".worker_tmp_{strategy.cluster_resolver.task_id}")
     self._manager = tf.train.CheckpointManager(
-        self._checkpoint, checkpoint_dir, max_to_keep=max_to_keep,
-        step_counter=self._global_step, checkpoint_interval=checkpoint_interval)
+        self._checkpoint, self._checkpoint_dir, max_to_keep=max_to_keep if self._is_chief
+        else 1)
+    # Tracked here rather than by the manager so that all workers, whatever their own
+    # directory holds, take the same (collective) save decisions.
+    self._checkpoint_interval = checkpoint_interval
+    self._last_saved_step = None
     self._dataset = strategy.distribute_datasets_from_function(train_dataset_fn)
     self._iterator = None
     self._writer = (tf.summary.create_file_writer(os.path.join(model_dir, "train"))
                     if self._is_chief else tf.summary.create_noop_writer())
-    self._compute_gradients = tf.function(self._replica_gradients, jit_compile=jit_compile)
+    # Only XLA needs its own function; a nested plain tf.function would break layers that
+    # synchronize inside the model (sync batch norm's all-reduce calls merge_call).
+    self._compute_gradients = (tf.function(self._replica_gradients, jit_compile=True)
+                               if jit_compile else self._replica_gradients)
     self._train_loop = tf.function(self._loop)
     self._progress = ProgressReporter(total_steps, global_batch_size, log_fn)
 
@@ -134,9 +143,14 @@ class Trainer:
     return self._optimizer
 
   def restore_or_initialize(self):
-    """Restores the latest checkpoint in model_dir, if any. Returns its path or None."""
-    path = self._manager.restore_or_initialize()
+    """Restores the latest checkpoint in model_dir, if any. Returns its path or None.
+
+    Every worker restores the chief's checkpoint (model_dir is shared between workers).
+    """
+    path = tf.train.latest_checkpoint(self._model_dir)
     if path:
+      self._checkpoint.restore(path)
+      self._last_saved_step = self.global_step
       self._log_fn(f"Resumed from {path} at step {self.global_step}.")
     return path
 
@@ -209,17 +223,20 @@ class Trainer:
         images_per_second = self._progress.report(step, latest, lr)
         self._write_summaries(step, latest, lr, images_per_second)
         last_summary = step
-      self._manager.save(checkpoint_number=step, check_interval=True)
+      if step - (self._last_saved_step or 0) >= self._checkpoint_interval:
+        self.save()
     self.save()
     self._writer.flush()
+    if not self._is_chief and tf.io.gfile.exists(self._checkpoint_dir):
+      tf.io.gfile.rmtree(self._checkpoint_dir)
     return step
 
   def save(self):
-    """Saves a checkpoint at the current step unless one exists for it already."""
-    latest = self._manager.latest_checkpoint
+    """Saves a checkpoint at the current step unless one was saved or restored for it."""
     step = self.global_step
-    if latest is None or not latest.endswith(f"-{step}"):
-      self._manager.save(checkpoint_number=step, check_interval=False)
+    if step != self._last_saved_step:
+      self._manager.save(checkpoint_number=step)
+      self._last_saved_step = step
 
   def _raise_if_diverged(self, start_step, history):
     for name, values in history.items():

@@ -134,6 +134,10 @@ class PanopticTask(_SegmentationTask):
   def evaluate(self, model, num_steps=None):
     return self._evaluator_for(model).evaluate(self.eval_dataset(), num_steps=num_steps)
 
+  def post_process_fn(self, model):
+    """The panoptic post-processor (probabilities in) used when evaluating `model`."""
+    return self._evaluator_for(model).post_process_fn
+
 
 def predict_semantic_with_tta(model_fn, images, scales=(1.0,), flip=False):
   """Mean softmax of `semantic_logits` over rescaled (and mirrored) copies.
