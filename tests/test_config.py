@@ -220,3 +220,9 @@ def test_resolve_file_pattern(tmp_path, monkeypatch):
 def test_saving_predictions_during_training_eval_is_refused_not_ignored():
   with pytest.raises(config_lib.ConfigError, match=r"eval\.save_predictions.*trainer/predict"):
     config_lib.load_config(_DEMO, overrides=["eval.save_predictions: true"])
+
+
+def test_backbone_learning_rate_multiplier_is_refused_not_ignored():
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"backbone_learning_rate_multiplier.*not supported"):
+    config_lib.load_config(_DEMO, overrides=["solver.backbone_learning_rate_multiplier: 0.1"])
