@@ -55,6 +55,7 @@ import numpy as np
 import tensorflow as tf
 
 from deeplab_axial import ops
+from deeplab_axial.training.experiment import resolve_checkpoint
 
 METADATA_FILE = os.path.join("assets.extra", "deeplab_axial_export.json")
 DEFAULT_SIGNATURE = "serving_default"
@@ -466,26 +467,6 @@ def resolve_export_dir(path) -> str:
 
 
 # Checkpoint and config glue (used by trainer/export.py and trainer/predict.py) ----------
-
-
-def resolve_checkpoint(path) -> str:
-  """A checkpoint prefix from a prefix or a model directory (its latest checkpoint).
-
-  Raises:
-    FileNotFoundError: when `path` is neither an existing checkpoint prefix (its `.index`
-      file exists) nor a directory holding a checkpoint.
-  """
-  path = os.fspath(path)
-  if tf.io.gfile.exists(path + ".index"):
-    return path
-  if tf.io.gfile.isdir(path):
-    latest = tf.train.latest_checkpoint(path)
-    if latest:
-      return latest
-    raise FileNotFoundError(f"--checkpoint directory {path} holds no checkpoint (no "
-                            f"'checkpoint' file naming one)")
-  raise FileNotFoundError(f"--checkpoint {path} is neither a checkpoint prefix (no "
-                          f"{path}.index) nor a directory")
 
 
 def restore_model(model, checkpoint) -> str:

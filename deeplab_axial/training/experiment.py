@@ -270,13 +270,21 @@ def restore_initial_checkpoint(model, checkpoint, modules=()):
   return path
 
 
-def resolve_checkpoint(checkpoint):
-  """A checkpoint prefix for `checkpoint`, which may be a prefix or a directory."""
-  if tf.io.gfile.isdir(checkpoint):
-    latest = tf.train.latest_checkpoint(checkpoint)
-    if latest is None:
-      raise FileNotFoundError(f"no checkpoint found in directory {checkpoint!r}")
-    return latest
-  if not tf.io.gfile.glob(checkpoint + ".index"):
-    raise FileNotFoundError(f"checkpoint {checkpoint!r} does not exist (no {checkpoint}.index)")
-  return checkpoint
+def resolve_checkpoint(path):
+  """A checkpoint prefix from a prefix or a model directory (its latest checkpoint).
+
+  Raises:
+    FileNotFoundError: when `path` is neither an existing checkpoint prefix (its `.index`
+      file exists) nor a directory holding a checkpoint.
+  """
+  path = os.fspath(path)
+  if tf.io.gfile.exists(path + ".index"):
+    return path
+  if tf.io.gfile.isdir(path):
+    latest = tf.train.latest_checkpoint(path)
+    if latest:
+      return latest
+    raise FileNotFoundError(f"checkpoint directory {path} holds no checkpoint (no "
+                            f"'checkpoint' file naming one)")
+  raise FileNotFoundError(f"checkpoint {path} is neither a checkpoint prefix (no "
+                          f"{path}.index) nor a directory")
