@@ -25,6 +25,7 @@ from deeplab_axial.layers import isa
 from deeplab_axial.layers import jpu
 # The package exports a function named `panoptic_deeplab`, which shadows the module.
 from deeplab_axial.models.panoptic_deeplab import ResizeToReference
+from deeplab_axial.models.panoptic_deeplab import backbone_endpoints
 
 
 def _check_num_classes(num_classes):
@@ -184,15 +185,7 @@ def segmentation_model(backbone, head, *, input_shape=None, normalize_input=True
   if not isinstance(head.input, dict):
     raise ValueError(f"`head` {head.name!r} must take a dict of endpoints; build it with a "
                      "function of this module.")
-  input_shape = (None, None, 3) if input_shape is None else tuple(input_shape)
-  images = tf_keras.Input(shape=input_shape, name="images")
-  x = images
-  if normalize_input:
-    x = tf_keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalize")(x)
-  endpoints = backbone(x)
-  if not isinstance(endpoints, dict):
-    raise ValueError(f"`backbone` {backbone.name!r} must return a dict of endpoints, got "
-                     f"{type(endpoints).__name__}.")
+  images, endpoints = backbone_endpoints(backbone, input_shape, normalize_input)
   missing = sorted(set(head.input) - set(endpoints))
   if missing:
     raise ValueError(f"`head` {head.name!r} needs endpoints {missing} that `backbone` "

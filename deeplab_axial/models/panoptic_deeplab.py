@@ -240,6 +240,34 @@ class ResizeToReference(tf_keras.layers.Layer):
     return config
 
 
+def backbone_endpoints(backbone, input_shape=None, normalize_input=True):
+  """The functional `images` input and `backbone`'s endpoints on it.
+
+  Args:
+    backbone: a `tf_keras.Model` returning a dict of endpoints.
+    input_shape: `(height, width, 3)`; None accepts any size.
+    normalize_input: map pixels from [0, 255] to [-1, 1] (pixel / 127.5 − 1) first.
+
+  Returns:
+    `(images, endpoints)`: the `tf_keras.Input` `[b, h, w, 3]` and the endpoint dict.
+
+  Raises:
+    ValueError: a bad `input_shape`, or a backbone that does not return a dict.
+  """
+  input_shape = (None, None, 3) if input_shape is None else tuple(input_shape)
+  if len(input_shape) != 3 or input_shape[-1] != 3:
+    raise ValueError(f"`input_shape` must be (height, width, 3), got {input_shape!r}.")
+  images = tf_keras.Input(shape=input_shape, name="images")
+  x = images
+  if normalize_input:
+    x = tf_keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalize")(x)
+  endpoints = backbone(x)
+  if not isinstance(endpoints, dict):
+    raise ValueError(f"`backbone` {backbone.name!r} must return a dict of endpoints, got "
+                     f"{type(endpoints).__name__}; build it with num_classes=None.")
+  return images, endpoints
+
+
 def panoptic_deeplab(backbone, num_classes, *, input_shape=None, use_aspp=True,
                      aspp_channels=256, atrous_rates=(6, 12, 18), aspp_dropout_rate=0.1,
                      aspp_use_separable_conv=False, semantic_decoder_channels=256,
@@ -277,18 +305,7 @@ def panoptic_deeplab(backbone, num_classes, *, input_shape=None, use_aspp=True,
     raise ValueError(f"`backbone` must be a tf_keras.Model, got {type(backbone).__name__}.")
   if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
     raise ValueError(f"`num_classes` must be a positive int, got {num_classes!r}.")
-  input_shape = (None, None, 3) if input_shape is None else tuple(input_shape)
-  if len(input_shape) != 3 or input_shape[-1] != 3:
-    raise ValueError(f"`input_shape` must be (height, width, 3), got {input_shape!r}.")
-
-  images = tf_keras.Input(shape=input_shape, name="images")
-  x = images
-  if normalize_input:
-    x = tf_keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalize")(x)
-  features = backbone(x)
-  if not isinstance(features, dict):
-    raise ValueError(f"`backbone` {backbone.name!r} must return a dict of endpoints, got "
-                     f"{type(features).__name__}; build it with num_classes=None.")
+  images, features = backbone_endpoints(backbone, input_shape, normalize_input)
 
   common = {"use_aspp": use_aspp, "aspp_channels": aspp_channels,
             "atrous_rates": atrous_rates, "aspp_dropout_rate": aspp_dropout_rate,
