@@ -11,6 +11,7 @@ last loss (it must decrease). Heavy on a 2-core machine: run it by hand, not in 
 """
 import argparse
 import os
+import resource
 import time
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -83,12 +84,13 @@ def main():
   if args.quick:
     args.presets, args.sizes, args.steps = ["axial_deeplab_s"], [65], 20
   print(f"{'preset':<18} {'size':>5} {'first loss':>11} {'last loss':>10} "
-        f"{'step 1 s':>9} {'later s/step':>13}")
+        f"{'step 1 s':>9} {'later s/step':>13} {'peak RSS GiB':>13}")
   for preset in args.presets:
     for size in args.sizes:
       first, last, first_seconds, later = run(preset, size, args.steps)
+      peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
       print(f"{preset:<18} {size:>5} {first:>11.4f} {last:>10.4f} {first_seconds:>9.1f} "
-            f"{later:>13.1f}", flush=True)
+            f"{later:>13.1f} {peak_gib:>13.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
 """Official-weight import: csrhddlam's PyTorch axialnet → our Axial-ResNet, logit parity."""
+import contextlib
+import copy
 import importlib
 import importlib.util
 import os
@@ -40,32 +42,57 @@ def _relative_error(actual, expected):
   return float(np.linalg.norm(actual - expected) / np.linalg.norm(expected))
 
 
-def _check_logit_parity(csrhddlam, name, seed, logit_tolerance=1e-3):
-  """Loads the official weights; compares res2..res4 features and the logits."""
-  import torch  # pylint: disable=import-outside-toplevel
+@contextlib.contextmanager
+def _keras_floatx(dtype):
   import tf_keras  # pylint: disable=import-outside-toplevel
-  module = _official(csrhddlam, name, seed)
-  images = np.random.default_rng(seed).normal(size=(1, 3, _SIZE, _SIZE)).astype(np.float32)
+  previous = tf_keras.backend.floatx()
+  tf_keras.backend.set_floatx(dtype)
+  try:
+    yield
+  finally:
+    tf_keras.backend.set_floatx(previous)
+
+
+def _official_logits(module, images, dtype):
+  """The official model's logits and res2..res4 outputs (NHWC) in `dtype`."""
+  import torch  # pylint: disable=import-outside-toplevel
+  module = copy.deepcopy(module).to(getattr(torch, dtype))
   features = {}
   for stage in (1, 2, 3):
     getattr(module, f"layer{stage}").register_forward_hook(
         lambda _, __, output, key=f"res{stage + 1}": features.__setitem__(
             key, output.numpy().transpose(0, 2, 3, 1)))
   with torch.no_grad():
-    expected = module(torch.from_numpy(images)).numpy()
-  model = axial_resnet(name, num_classes=1000, input_shape=(_SIZE, _SIZE, 3))
-  loaded = torch_weights.load_axialnet_state_dict(model, _state_dict(module))
-  assert len(loaded) == sum(1 for key in _state_dict(module)
-                            if not key.endswith(("num_batches_tracked", "flatten_index")))
-  stage_ends = [model.get_layer(f"res{stage + 1}_block{len(getattr(module, f'layer{stage}'))}")
-                .output for stage in (1, 2, 3)]
-  probe = tf_keras.Model(model.input, stage_ends + [model.output])
-  *actual_features, actual = [t.numpy() for t in probe(images.transpose(0, 2, 3, 1))]
+    logits = module(torch.from_numpy(images.astype(dtype))).numpy()
+  return logits, features
+
+
+def _our_logits(name, module, images, dtype):
+  """Our model with the official weights: (logits, [res2, res3, res4]) in `dtype`."""
+  import tf_keras  # pylint: disable=import-outside-toplevel
+  with _keras_floatx(dtype):
+    model = axial_resnet(name, num_classes=1000, input_shape=(_SIZE, _SIZE, 3))
+    state = _state_dict(module)
+    loaded = torch_weights.load_axialnet_state_dict(model, state)
+    assert len(loaded) == sum(1 for key in state
+                              if not key.endswith(("num_batches_tracked", "flatten_index")))
+    stage_ends = [model.get_layer(f"res{stage + 1}_block{len(getattr(module, f'layer{stage}'))}")
+                  .output for stage in (1, 2, 3)]
+    probe = tf_keras.Model(model.input, stage_ends + [model.output])
+    *features, logits = [t.numpy() for t in probe(images.transpose(0, 2, 3, 1).astype(dtype))]
+  return logits, features
+
+
+def _check_logit_parity(csrhddlam, name, seed, dtype="float32", tolerance=1e-3):
+  """Loads the official weights; compares res2..res4 features and the logits in `dtype`."""
+  module = _official(csrhddlam, name, seed)
+  images = np.random.default_rng(seed).normal(size=(1, 3, _SIZE, _SIZE)).astype(np.float32)
+  expected, expected_features = _official_logits(module, images, dtype)
+  actual, actual_features = _our_logits(name, module, images, dtype)
   # Relative error of whole tensors (elementwise relative error is ill-posed near 0).
   for key, value in zip(("res2", "res3", "res4"), actual_features):
-    assert _relative_error(value, features[key]) < 1e-3, key
-  assert _relative_error(actual, expected) < logit_tolerance
-  return model, module
+    assert _relative_error(value, expected_features[key]) < tolerance, key
+  assert _relative_error(actual, expected) < tolerance
 
 
 def test_axial26s_logits_match_official(csrhddlam):
@@ -73,11 +100,31 @@ def test_axial26s_logits_match_official(csrhddlam):
 
 
 @pytest.mark.slow
-def test_axial50s_logits_match_official(csrhddlam):
-  # Float32 rounding (relative 1e-7 per block) is amplified ~5x per block in res4/res5
-  # by the random, activation-unrelated BN statistics (softmaxes saturate): logits agree
-  # to 2e-3 while the stage outputs res2..res4 agree to < 2e-4 (measured).
-  _check_logit_parity(csrhddlam, "axial50s", seed=1, logit_tolerance=5e-3)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_axial50s_logits_match_official_in_float64(csrhddlam, seed):
+  # Both sides in float64 (our logits layer stays float32, hence 1e-5 rather than 1e-12):
+  # measured 3.1e-7 and 3.3e-7. Float32 is no fair referee for axial50s with random BN
+  # statistics: the official model's own float32 logits differ from its float64 logits by
+  # 1.1e-2 (seed 0) and 1.7e-3 (seed 1), see the next test.
+  _check_logit_parity(csrhddlam, "axial50s", seed=seed, dtype="float64", tolerance=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1])
+def test_axial50s_float32_logits_as_accurate_as_official(csrhddlam, seed):
+  """In float32, our error against the float64 truth is no larger than the official one's.
+
+  Random BN statistics unrelated to the activations amplify float32 rounding through
+  the 16 blocks, so neither float32 model is within 1e-3 of the exact logits for every
+  seed. Measured (ours / official, relative to float64): seed 0 1.05e-2 / 1.08e-2,
+  seed 1 1.38e-3 / 1.65e-3, seed 2 8.7e-4 / 1.26e-3.
+  """
+  module = _official(csrhddlam, "axial50s", seed)
+  images = np.random.default_rng(seed).normal(size=(1, 3, _SIZE, _SIZE)).astype(np.float32)
+  exact, _ = _official_logits(module, images, "float64")
+  official, _ = _official_logits(module, images, "float32")
+  ours, _ = _our_logits("axial50s", module, images, "float32")
+  assert _relative_error(ours, exact) <= 1.25 * _relative_error(official, exact)
 
 
 def _axial26s_state(csrhddlam):
