@@ -35,48 +35,27 @@ flags.DEFINE_string("tflite_output", None,
 flags.mark_flags_as_required(["config_file", "checkpoint", "output_dir"])
 
 
-def _static_size(config, dataset_info):
-  for size in (config.export.crop_size, config.eval.crop_size, dataset_info.eval_crop_size):
-    if size:
-      return tuple(size)
-  raise ValueError("--with_preprocessing_crop needs export.crop_size, eval.crop_size or a "
-                   "dataset eval_crop_size")
-
-
 def main(argv):
   del argv
   # pylint: disable=import-outside-toplevel
   from deeplab_axial import config as config_lib
-  from deeplab_axial.data import datasets
-  from deeplab_axial.export import saved_model
-  from deeplab_axial.models import builder
+  from deeplab_axial.export import from_config
   flag_values = flags.FLAGS
   try:
     config = config_lib.load_config(flag_values.config_file, flag_values.config_override)
-    dataset_info = datasets.get_dataset_info(config.dataset.name)
-    model = builder.build_model(config, dataset_info)
-    prefix = saved_model.restore_model(model, flag_values.checkpoint)
-    static_size = (_static_size(config, dataset_info)
-                   if flag_values.with_preprocessing_crop else None)
-    options = saved_model.serving_options_from_config(
-        config, dataset_info, static_size=static_size, jit_compile=flag_values.jit_compile,
-        include_semantic_probs=flag_values.include_semantic_probs)
-    version = flag_values.version
-    if version is None and config.export.HasField("version"):
-      version = config.export.version
-    path = saved_model.export_saved_model(
-        model, flag_values.output_dir, version=version, overwrite=flag_values.overwrite,
-        dataset_info=dataset_info, serving=options,
-        metadata={"checkpoint": prefix, "config": config_lib.config_to_text(config)})
-    print(f"exported {prefix} to {path}")
-    if flag_values.tflite_output:
-      from deeplab_axial.export import tflite
-      size = static_size or _static_size(config, dataset_info)
-      tflite.convert_semantic_model(model, flag_values.tflite_output, size)
-      print(f"wrote {flag_values.tflite_output}")
+    result = from_config.export_from_config(
+        config, flag_values.checkpoint, flag_values.output_dir, version=flag_values.version,
+        overwrite=flag_values.overwrite,
+        with_preprocessing_crop=flag_values.with_preprocessing_crop,
+        jit_compile=flag_values.jit_compile,
+        include_semantic_probs=flag_values.include_semantic_probs,
+        tflite_output=flag_values.tflite_output)
   except (ValueError, FileNotFoundError, FileExistsError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
+  print(f"exported {result.checkpoint} to {result.export_dir}")
+  if result.tflite_path:
+    print(f"wrote {result.tflite_path}")
 
 
 if __name__ == "__main__":

@@ -120,7 +120,8 @@ class Evaluator:
     compute_ap: also report COCO mask AP (`ap`, `ap50`, `ap75`, ...).
     prediction_writer: optional object with `write(image_id, panoptic)` (e.g.
       `deeplab_axial.data.prediction_writers.CityscapesPanopticWriter`); image ids come
-      from the batch's `image_id` feature when present, else a running index.
+      from the batch's `image_id` feature when present, else a running index. Padded
+      predictions are cropped to the batch's `height`/`width` when present.
   """
 
   def __init__(self, model_fn, post_process_fn, *, num_classes, ignore_label, label_divisor,
@@ -153,6 +154,8 @@ class Evaluator:
       missing += [k for k in ("instance_panoptic_ids", "instance_scores") if k not in outputs]
     if missing:
       raise ValueError(f"post_process_fn outputs lack {missing}; got keys {sorted(outputs)}")
+    if "height" in batch and "width" in batch:
+      outputs = self._void_outside_images(outputs, batch["height"], batch["width"])
     ground_truth = batch["panoptic"]
     self.panoptic_quality.update_state(ground_truth, outputs["panoptic"])
     self.mean_iou.update_state(ground_truth // self.label_divisor, outputs["semantic"])
@@ -163,9 +166,28 @@ class Evaluator:
                   instance_scores=outputs["instance_scores"])
     if self.prediction_writer is not None:
       host["panoptic"] = outputs["panoptic"]
-      if "image_id" in batch:
-        host["image_id"] = batch["image_id"]
+      for key in ("image_id", "height", "width"):
+        if key in batch:
+          host[key] = batch[key]
     return host
+
+  def _void_outside_images(self, outputs, heights, widths):
+    """Predictions on the padding become void, so metrics see only the original images.
+
+    Without this a predicted segment reaching into the (void-labelled) padding would be
+    judged by its padded area (PQ's "more than half void" rule), so the numbers could
+    differ from those on the unpadded images (e.g. from the exported SavedModel).
+    """
+    shape = tf.shape(outputs["panoptic"])
+    rows = tf.range(shape[1])[None, :, None] < tf.cast(heights, tf.int32)[:, None, None]
+    cols = tf.range(shape[2])[None, None, :] < tf.cast(widths, tf.int32)[:, None, None]
+    inside = rows & cols
+    void_semantic = self.panoptic_quality.ignore_label
+    outputs = dict(outputs)
+    outputs["panoptic"] = tf.where(inside, outputs["panoptic"],
+                                   void_semantic * self.label_divisor)
+    outputs["semantic"] = tf.where(inside, outputs["semantic"], void_semantic)
+    return outputs
 
   def _distributed_step(self, batch):
     return self.strategy.run(self._replica_step, args=(batch,))
@@ -183,6 +205,8 @@ class Evaluator:
           image_id = image_id.decode() if isinstance(image_id, bytes) else image_id.item()
         else:
           image_id = next_index + i
+        if "height" in host and "width" in host:
+          panoptic = panoptic[:host["height"][i], :host["width"][i]]
         self.prediction_writer.write(image_id, panoptic)
       next_index += len(host["panoptic"])
     return next_index
@@ -192,7 +216,8 @@ class Evaluator:
 
     Args:
       dataset: `tf.data.Dataset` of dicts with `image` (uint8/float `[b, h, w, 3]`) and
-        `panoptic` (int32 `[b, h, w]`), optionally `image_id` `[b]`.
+        `panoptic` (int32 `[b, h, w]`), optionally `image_id` `[b]` and the original
+        `height`, `width` `[b]` of padded images (predictions outside become void).
       num_steps: stop after this many batches (default: the whole dataset).
 
     Returns:

@@ -1,4 +1,10 @@
-"""Helpers for the export tests: a small Panoptic-DeepLab with varied outputs, images."""
+"""Helpers for the export tests: a small Panoptic-DeepLab with varied outputs, images,
+and running an export's signatures in a process that can import only TensorFlow."""
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import tf_keras
 
@@ -50,3 +56,65 @@ def scene_images(rng, count, height, width):
       y, x = rng.integers(0, height - 4), rng.integers(0, width - 4)
       image[y:y + rng.integers(4, 12), x:x + rng.integers(4, 14)] = rng.integers(0, 256, 3)
   return images
+
+
+_PLAIN_TF_SCRIPT = textwrap.dedent("""
+    import sys
+
+    class _Block:
+      # Any attempt to import the package fails loudly.
+      def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "deeplab_axial":
+          raise ImportError("deeplab_axial must not be imported here")
+        return None
+
+    sys.meta_path.insert(0, _Block())
+    import numpy as np
+    import tensorflow as tf
+
+    export_dir, inputs_path, outputs_path = sys.argv[1:4]
+    inputs = np.load(inputs_path)
+    model = tf.saved_model.load(export_dir)
+    results = {}
+    for b in range(int(inputs["num_image_batches"])):
+      outputs = model.signatures["serving_default"](
+          images=tf.constant(inputs["images_%d" % b]))
+      results.update({"default/%d/%s" % (b, k): v.numpy() for k, v in outputs.items()})
+    for b in range(int(inputs["num_bytes_batches"])):
+      encoded = [inputs["bytes_%d_%d" % (b, i)].tobytes()
+                 for i in range(int(inputs["num_bytes_%d" % b]))]
+      outputs = model.signatures["serve_image_bytes"](image_bytes=tf.constant(encoded))
+      results.update({"bytes/%d/%s" % (b, k): v.numpy() for k, v in outputs.items()})
+    assert not any(m.startswith("deeplab_axial") for m in sys.modules)
+    np.savez(outputs_path, **results)
+""")
+
+
+def run_signatures_in_plain_tf(export_dir, image_batches, bytes_batches, folder):
+  """Runs both signatures of an export in a fresh interpreter that can import only TF.
+
+  Args:
+    export_dir: the version directory.
+    image_batches: list of uint8 `[b, h, w, 3]` arrays for `serving_default`.
+    bytes_batches: list of lists of encoded images for `serve_image_bytes`.
+    folder: a scratch directory.
+
+  Returns:
+    Dict "default/<batch>/<output>" and "bytes/<batch>/<output>" -> array.
+  """
+  inputs_path = os.path.join(folder, "inputs.npz")
+  outputs_path = os.path.join(folder, "outputs.npz")
+  arrays = {f"images_{b}": images for b, images in enumerate(image_batches)}
+  for b, encoded in enumerate(bytes_batches):
+    arrays[f"num_bytes_{b}"] = len(encoded)
+    arrays.update({f"bytes_{b}_{i}": np.frombuffer(e, np.uint8)
+                   for i, e in enumerate(encoded)})
+  np.savez(inputs_path, num_image_batches=len(image_batches),
+           num_bytes_batches=len(bytes_batches), **arrays)
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+  completed = subprocess.run(
+      [sys.executable, "-c", _PLAIN_TF_SCRIPT, export_dir, inputs_path, outputs_path],
+      env=env, capture_output=True, text=True, timeout=600, check=False)
+  assert completed.returncode == 0, completed.stderr[-3000:]
+  return dict(np.load(outputs_path))

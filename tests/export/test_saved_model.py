@@ -2,9 +2,6 @@
 import io
 import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -55,34 +52,6 @@ def _evaluator_path(model, info, images, padded_size):
   }
 
 
-_SUBPROCESS_SCRIPT = textwrap.dedent("""
-    import sys
-
-    class _Block:
-      # Any attempt to import the package fails loudly.
-      def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "deeplab_axial":
-          raise ImportError("deeplab_axial must not be imported here")
-        return None
-
-    sys.meta_path.insert(0, _Block())
-    import numpy as np
-    import tensorflow as tf
-
-    export_dir, inputs_path, outputs_path = sys.argv[1:4]
-    inputs = np.load(inputs_path)
-    model = tf.saved_model.load(export_dir)
-    results = {}
-    outputs = model.signatures["serving_default"](images=tf.constant(inputs["images"]))
-    results.update({"default/" + k: v.numpy() for k, v in outputs.items()})
-    encoded = [inputs["bytes_%d" % i].tobytes() for i in range(int(inputs["num_bytes"]))]
-    outputs = model.signatures["serve_image_bytes"](image_bytes=tf.constant(encoded))
-    results.update({"bytes/" + k: v.numpy() for k, v in outputs.items()})
-    assert not any(m.startswith("deeplab_axial") for m in sys.modules)
-    np.savez(outputs_path, **results)
-""")
-
-
 @pytest.fixture(scope="module")
 def subprocess_outputs(exported, tmp_path_factory):
   """Both signatures run in a fresh interpreter that can import only TensorFlow."""
@@ -92,18 +61,9 @@ def subprocess_outputs(exported, tmp_path_factory):
   jpeg_b = export_fixtures.scene_images(rng, 1, 17, 50)[0]
   png_c = export_fixtures.scene_images(rng, 1, 33, 33)[0]
   encoded = [_png(png_a), _jpeg(jpeg_b), _png(png_c)]
-  folder = tmp_path_factory.mktemp("subprocess")
-  inputs_path, outputs_path = folder / "inputs.npz", folder / "outputs.npz"
-  np.savez(inputs_path, images=images, num_bytes=len(encoded),
-           **{f"bytes_{i}": np.frombuffer(e, np.uint8) for i, e in enumerate(encoded)})
-  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-  env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-  completed = subprocess.run(
-      [sys.executable, "-c", _SUBPROCESS_SCRIPT, exported[1], str(inputs_path),
-       str(outputs_path)], env=env, capture_output=True, text=True, timeout=300,
-      check=False)
-  assert completed.returncode == 0, completed.stderr[-3000:]
-  outputs = dict(np.load(outputs_path))
+  outputs = export_fixtures.run_signatures_in_plain_tf(
+      exported[1], [images], [encoded], tmp_path_factory.mktemp("subprocess"))
+  outputs = {key.replace("/0/", "/"): value for key, value in outputs.items()}
   return {"images": images, "encoded": encoded, "pngs": [png_a, png_c],
           "outputs": outputs}
 

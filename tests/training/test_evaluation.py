@@ -182,6 +182,45 @@ def test_evaluator_matches_direct_metrics(use_strategy, request, tmp_path):
   assert again.evaluate(_dataset(gt, images))["pq"] == pytest.approx(expected["pq"], abs=1e-12)
 
 
+def test_evaluator_scores_padded_images_as_their_unpadded_originals(tmp_path):
+  """Batches padded to one size carry each image's height/width; the metrics and the
+  written predictions must be those of the unpadded images."""
+  gt, pred, images = _example_batch(np.random.default_rng(4), count=4)
+  heights, widths = np.array([16, 12, 10, 16]), np.array([24, 20, 24, 13])
+  for i, (height, width) in enumerate(zip(heights, widths)):
+    gt[i, height:], gt[i, :, width:] = IGNORE * DIVISOR, IGNORE * DIVISOR
+    # An unmatched thing mostly in the padding: judged by its whole area it would be
+    # "more than half void" and ignored; inside the image it is a false positive.
+    pred[i, max(height - 2, 0):height + 4, :8] = THINGS[1] * DIVISOR + 9
+  semantic, instance = pred // DIVISOR, pred % DIVISOR
+  images = np.stack([semantic * 20, instance * 10, np.zeros_like(pred)], -1).astype(np.uint8)
+  dataset = tf.data.Dataset.from_tensor_slices(
+      {"image": images, "panoptic": gt, "height": heights, "width": widths,
+       "image_id": [f"img_{i}" for i in range(4)]}).batch(4)
+  writer = prediction_writers.CityscapesPanopticWriter(
+      str(tmp_path), DIVISOR, IGNORE, THINGS, category_map={c: c + 7 for c in range(4)})
+  evaluator = evaluation.Evaluator(
+      decoding_model, fake_post_process, num_classes=NUM_CLASSES, ignore_label=IGNORE,
+      label_divisor=DIVISOR, thing_classes=THINGS, prediction_writer=writer)
+  results = evaluator.evaluate(dataset)
+  pq = PanopticQuality(NUM_CLASSES, IGNORE, DIVISOR, THINGS)
+  miou = MeanIoU(NUM_CLASSES, IGNORE)
+  for i, (height, width) in enumerate(zip(heights, widths)):
+    pq.update_state(gt[i:i + 1, :height, :width], pred[i:i + 1, :height, :width])
+    miou.update_state(gt[i:i + 1, :height, :width] // DIVISOR,
+                      pred[i:i + 1, :height, :width] // DIVISOR)
+  expected = pq.result()
+  for key in ("pq", "sq", "rq", "pq_th", "rq_th"):
+    assert results[key] == pytest.approx(float(expected[key]), abs=1e-12), key
+  assert results["miou"] == pytest.approx(float(miou.result()["miou"]), abs=1e-12)
+  padded = PanopticQuality(NUM_CLASSES, IGNORE, DIVISOR, THINGS)
+  padded.update_state(gt, pred)
+  assert float(padded.result()["rq_th"]) != pytest.approx(results["rq_th"])  # case matters
+  for i, (height, width) in enumerate(zip(heights, widths)):
+    written = np.asarray(Image.open(f"{writer.png_dir}/img_{i}_panoptic.png"))
+    assert written.shape[:2] == (height, width)
+
+
 def test_evaluator_reports_missing_outputs():
   gt, _, images = _example_batch(np.random.default_rng(3), count=4)
   evaluator = evaluation.Evaluator(

@@ -1,0 +1,79 @@
+"""Export driven by an experiment config: what `trainer/export.py` runs.
+
+Builds the model from the config, restores a trainer checkpoint and writes the versioned
+SavedModel (plus, optionally, a TFLite model of the semantic path), so the model served is
+exactly the model the trainer evaluated: same architecture, same post-processing options
+(`eval` section), same padding rule.
+"""
+import dataclasses
+from typing import Optional, Tuple
+
+from deeplab_axial import config as config_lib
+from deeplab_axial.data import datasets
+from deeplab_axial.export import saved_model
+from deeplab_axial.models import builder
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+  """Where `export_from_config` wrote, and from which checkpoint."""
+  export_dir: str
+  checkpoint: str
+  tflite_path: Optional[str] = None
+
+
+def static_size_from_config(config, dataset_info) -> Tuple[int, int]:
+  """The static serving size: `export.crop_size`, else `eval.crop_size`, else the dataset's.
+
+  Raises:
+    ValueError: when none of them is set.
+  """
+  for size in (config.export.crop_size, config.eval.crop_size, dataset_info.eval_crop_size):
+    if size:
+      return tuple(int(v) for v in size)
+  raise ValueError("a static export size needs export.crop_size, eval.crop_size or a "
+                   f"dataset eval_crop_size; none is set for dataset "
+                   f"{config.dataset.name!r}")
+
+
+def export_from_config(config, checkpoint, output_dir, *, version=None, overwrite=False,
+                       with_preprocessing_crop=False, jit_compile=False,
+                       include_semantic_probs=True, tflite_output=None) -> ExportResult:
+  """Exports the checkpoint of an experiment as a TF Serving SavedModel.
+
+  Args:
+    config: a loaded `ExperimentOptions` (`deeplab_axial.config.load_config`).
+    checkpoint: a checkpoint prefix or a model_dir (its latest checkpoint).
+    output_dir: the TF Serving model base path; writes `<output_dir>/<version>/`.
+    version: positive int; None = `export.version` if the config sets it, else 1 + the
+      largest existing version.
+    overwrite: replace an existing version directory.
+    with_preprocessing_crop: static-shape variant at `static_size_from_config`.
+    jit_compile: XLA-compile the static variant's model and post-processing.
+    include_semantic_probs: output `semantic_probs`.
+    tflite_output: also write a TFLite model of the semantic path here (static size).
+
+  Raises:
+    ValueError: bad options, or a checkpoint that does not fit the config's model.
+    FileNotFoundError: no checkpoint at `checkpoint`.
+    FileExistsError: the version exists and `overwrite` is False.
+  """
+  dataset_info = datasets.get_dataset_info(config.dataset.name)
+  model = builder.build_model(config, dataset_info)
+  prefix = saved_model.restore_model(model, checkpoint)
+  static_size = (static_size_from_config(config, dataset_info)
+                 if with_preprocessing_crop else None)
+  options = saved_model.serving_options_from_config(
+      config, dataset_info, static_size=static_size, jit_compile=jit_compile,
+      include_semantic_probs=include_semantic_probs)
+  if version is None and config.export.HasField("version"):
+    version = config.export.version
+  export_dir = saved_model.export_saved_model(
+      model, output_dir, version=version, overwrite=overwrite, dataset_info=dataset_info,
+      serving=options,
+      metadata={"checkpoint": prefix, "config": config_lib.config_to_text(config)})
+  if tflite_output:
+    from deeplab_axial.export import tflite  # pylint: disable=import-outside-toplevel
+    size = static_size or static_size_from_config(config, dataset_info)
+    tflite.convert_semantic_model(model, tflite_output, size)
+  return ExportResult(export_dir, prefix, tflite_output or None)

@@ -1,0 +1,96 @@
+"""The exported model scores the same PQ on the demo val split as the trainer's evaluator.
+
+The demo experiment (configs/shapes/axial_deeplab_demo.textproto) is trained briefly with
+the trainer, evaluated by it (eval_metrics.json), exported by the same code as
+trainer/export.py (dynamic and static-size variants), and both signatures are run on the
+*unpadded* val images in a process that can import only TensorFlow. PQ, SQ, RQ and the
+per-class numbers of those outputs must equal the evaluator's.
+"""
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from deeplab_axial import config as config_lib
+from deeplab_axial import metrics
+from deeplab_axial.data import datasets
+from deeplab_axial.data import pipeline
+from deeplab_axial.data.encoding import Keys
+from deeplab_axial.export import from_config
+from deeplab_axial.training import experiment
+
+import export_fixtures  # pylint: disable=import-error  (on sys.path via conftest.py)
+
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_DEMO_CONFIG = os.path.join(_REPO, "configs", "shapes", "axial_deeplab_demo.textproto")
+_TRAIN_STEPS = 200
+
+
+def _val_split(pattern):
+  """Original-size val images (uint8), their encoded bytes and panoptic labels."""
+  images, encoded, labels = [], [], []
+  for serialized in tf.data.TFRecordDataset(tf.io.gfile.glob(pattern)):
+    example = pipeline.decode_example(serialized)
+    images.append(example["image"].numpy().astype(np.uint8))
+    labels.append(example["panoptic"].numpy())
+    features = tf.io.parse_single_example(
+        serialized, {Keys.IMAGE_ENCODED: tf.io.FixedLenFeature([], tf.string)})
+    encoded.append(features[Keys.IMAGE_ENCODED].numpy())
+  return images, encoded, labels
+
+
+def _batches(items, size):
+  return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _panoptic_quality(info, labels, predictions):
+  pq = metrics.PanopticQuality(num_classes=info.num_classes, ignore_label=info.ignore_label,
+                               label_divisor=info.label_divisor,
+                               thing_classes=info.thing_class_ids)
+  for label, prediction in zip(labels, predictions):
+    pq.update_state(label[None], prediction[None])
+  return pq.result()
+
+
+@pytest.fixture(scope="module")
+def trained_demo(tmp_path_factory):
+  """(config, model_dir, data_dir, evaluator metrics) of a briefly trained demo."""
+  root = tmp_path_factory.mktemp("demo")
+  model_dir, data_dir = str(root / "model"), str(root / "data")
+  config = config_lib.load_config(_DEMO_CONFIG, [
+      f"train.steps: {_TRAIN_STEPS}", f"train.checkpoint_interval: {_TRAIN_STEPS}",
+      "train.steps_per_loop: 20", f"eval.interval: {_TRAIN_STEPS}",
+      "solver.warmup_steps: 20", "model.batch_norm_momentum: 0.9"])
+  experiment.run_experiment(config, "train", model_dir, data_dir=data_dir)
+  experiment.run_experiment(config, "eval", model_dir, data_dir=data_dir)
+  evaluated = experiment.read_metrics(os.path.join(model_dir, experiment.METRICS_FILE))
+  return config, model_dir, data_dir, evaluated[str(_TRAIN_STEPS)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static_eval_crop"])
+def test_exported_model_pq_on_demo_val_split_equals_evaluator(trained_demo, tmp_path,
+                                                              static):
+  config, model_dir, data_dir, evaluated = trained_demo
+  info = datasets.get_dataset_info("shapes")
+  result = from_config.export_from_config(config, model_dir, str(tmp_path / "export"),
+                                          with_preprocessing_crop=static)
+  pattern = config_lib.resolve_file_pattern(config.dataset.eval_file_pattern[0], data_dir)
+  images, encoded, labels = _val_split(pattern)
+  assert len(images) == 50
+  outputs = export_fixtures.run_signatures_in_plain_tf(
+      result.export_dir, [np.stack(batch) for batch in _batches(images, 16)],
+      _batches(encoded, 16), str(tmp_path))
+  for signature in ("default", "bytes"):
+    predictions = np.concatenate([outputs[f"{signature}/{b}/panoptic"]
+                                  for b in range(len(_batches(images, 16)))])
+    assert predictions.shape == (50, 64, 64)
+    exported = _panoptic_quality(info, labels, predictions)
+    for key in ("pq", "sq", "rq", "pq_th", "pq_st"):
+      assert float(exported[key]) == pytest.approx(evaluated[key], abs=1e-9), (signature,
+                                                                               key)
+  # Equality is only telling if the model segments something: PQ well above zero, both
+  # thing and stuff segments, several classes per image.
+  assert evaluated["pq"] > 0.15, evaluated
+  assert evaluated["pq_th"] > 0 and evaluated["pq_st"] > 0, evaluated
