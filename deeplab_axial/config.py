@@ -484,10 +484,6 @@ class _Validator:
                    f"needs one rate per boundary ({len(boundaries)})")
       self.check("solver.step_learning_rates", lambda v: all(r >= 0 for r in v),
                  "must be >= 0")
-    # Refused rather than ignored: the training loop has one optimizer for all variables.
-    self.check("solver.backbone_learning_rate_multiplier", lambda v: v == 1.0,
-               "is not supported by the trainer yet; only 1.0 (one learning rate for all "
-               "variables) is accepted")
     if s.warmup_steps >= self._config.train.steps > 0:
       self.error("solver.warmup_steps", f"must be < train.steps ({self._config.train.steps})")
 

@@ -222,7 +222,10 @@ def test_saving_predictions_during_training_eval_is_refused_not_ignored():
     config_lib.load_config(_DEMO, overrides=["eval.save_predictions: true"])
 
 
-def test_backbone_learning_rate_multiplier_is_refused_not_ignored():
+def test_backbone_learning_rate_multiplier_must_be_positive():
+  config = config_lib.load_config(_DEMO,
+                                  overrides=["solver.backbone_learning_rate_multiplier: 0.1"])
+  assert config.solver.backbone_learning_rate_multiplier == pytest.approx(0.1)
   with pytest.raises(config_lib.ConfigError,
-                     match=r"backbone_learning_rate_multiplier.*not supported"):
-    config_lib.load_config(_DEMO, overrides=["solver.backbone_learning_rate_multiplier: 0.1"])
+                     match=r"backbone_learning_rate_multiplier.*must be > 0"):
+    config_lib.load_config(_DEMO, overrides=["solver.backbone_learning_rate_multiplier: 0"])

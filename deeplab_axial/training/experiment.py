@@ -111,8 +111,12 @@ class _Experiment:
     tf_keras.utils.set_random_seed(experiment_config.train.seed)
     with strategy.scope():
       self.model = self.task.build_model()
+      backbone_variables = (
+          builder.find_backbone(self.model).trainable_variables
+          if experiment_config.solver.backbone_learning_rate_multiplier != 1.0 else None)
       self.optimizer, self.schedule = optimizers.build_optimizer(
-          experiment_config.solver, experiment_config.train.steps)
+          experiment_config.solver, experiment_config.train.steps,
+          backbone_variables=backbone_variables)
     # Before the first trace of a training step: it changes how BN layers compute.
     sync_batch_norm.configure_sync_batch_norm(self.model, strategy,
                                               experiment_config.train.sync_batch_norm,

@@ -14,11 +14,10 @@
 
 Backbone learning-rate multiplier: scaling gradients is not equivalent to scaling the
 learning rate for Adam-family optimizers (their update is invariant to gradient scale), so
-`solver.backbone_learning_rate_multiplier` is implemented as a *second* optimizer. The
-training loop builds it with `build_optimizer(solver, total_steps,
-learning_rate_multiplier=solver.backbone_learning_rate_multiplier)` when the multiplier is
-not 1, applies it to `model.backbone.trainable_variables` (split by identity, not by name)
-and the main optimizer to the rest, and checkpoints both.
+`solver.backbone_learning_rate_multiplier` gives the backbone a *second* optimizer of the
+same kind whose schedule is multiplied: `GroupedOptimizer` splits the variables by
+identity, clips all gradients together and checkpoints both optimizers'
+state. `build_optimizer(..., backbone_variables=...)` builds it.
 """
 import math
 from typing import Sequence, Tuple
@@ -428,6 +427,118 @@ class Lookahead(tf_keras.optimizers.Optimizer):
     return cls(**config)
 
 
+@tf_keras.saving.register_keras_serializable(package=_PACKAGE)
+class GroupedOptimizer(tf_keras.optimizers.Optimizer):
+  """Two optimizers for two groups of variables, e.g. a backbone with its own learning rate.
+
+  `group_optimizer` updates `group_variables` (matched by identity); `optimizer` updates
+  every other variable. Each step the gradients are aggregated over replicas once, then
+  clipped together by `global_clipnorm` (the norm over *all* gradients, as with one
+  optimizer), then each optimizer applies its share. Both count the same steps, so
+  schedules of the global step stay aligned. `iterations` and `learning_rate` are those of
+  `optimizer`. Nesting: `LossScaleOptimizer(GroupedOptimizer(Lookahead(...), ...))`.
+
+  Args:
+    optimizer: new-style tf_keras optimizer for the other variables (no clipping of its
+      own).
+    group_optimizer: new-style tf_keras optimizer for `group_variables`.
+    group_variables: the variables of the group.
+    global_clipnorm: clip all gradients to this global norm (None: no clipping).
+  """
+
+  def __init__(self, optimizer, group_optimizer, group_variables, global_clipnorm=None,
+               name="GroupedOptimizer", **kwargs):
+    for label, value in (("optimizer", optimizer), ("group_optimizer", group_optimizer)):
+      if not isinstance(value, tf_keras.optimizers.Optimizer):
+        raise ValueError(f"GroupedOptimizer: {label} must be a new-style "
+                         f"tf_keras.optimizers.Optimizer, got {type(value).__name__}")
+    super().__init__(name=name, jit_compile=False, **kwargs)
+    self._optimizer = optimizer
+    self._group_optimizer = group_optimizer
+    self._group_keys = {self._var_key(v) for v in group_variables}
+    self.clip_all_norm = global_clipnorm
+
+  def _create_iteration_variable(self):
+    # The step counter is the main optimizer's (see `iterations`).
+    pass
+
+  @property
+  def optimizer(self):
+    """The optimizer of the variables outside the group."""
+    return self._optimizer
+
+  @property
+  def group_optimizer(self):
+    return self._group_optimizer
+
+  @property
+  def iterations(self):
+    return self._optimizer.iterations
+
+  @iterations.setter
+  def iterations(self, variable):
+    self._optimizer.iterations = variable
+
+  @property
+  def learning_rate(self):
+    return self._optimizer.learning_rate
+
+  @learning_rate.setter
+  def learning_rate(self, learning_rate):
+    self._optimizer.learning_rate = learning_rate
+
+  @property
+  def variables(self):
+    return list(self._optimizer.variables) + list(self._group_optimizer.variables)
+
+  def _split(self, items, variable_of):
+    in_group = [x for x in items if self._var_key(variable_of(x)) in self._group_keys]
+    others = [x for x in items if self._var_key(variable_of(x)) not in self._group_keys]
+    return others, in_group
+
+  def build(self, var_list):
+    super().build(var_list)
+    if getattr(self, "_built", False):
+      return
+    self._built = True
+    others, in_group = self._split(list(var_list), lambda v: v)
+    self._optimizer.build(others)
+    self._group_optimizer.build(in_group)
+
+  def update_step(self, gradient, variable):
+    raise NotImplementedError("GroupedOptimizer delegates updates to its two optimizers")
+
+  def apply_gradients(self, grads_and_vars, name=None, skip_gradients_aggregation=False,
+                      **kwargs):
+    grads_and_vars = list(grads_and_vars)
+    with tf.init_scope():
+      self.build([v for _, v in grads_and_vars])
+    if not skip_gradients_aggregation and kwargs.pop("experimental_aggregate_gradients",
+                                                     True):
+      grads_and_vars = self.aggregate_gradients(grads_and_vars)
+    grads_and_vars = [(g, v) for g, v in grads_and_vars if g is not None]
+    if self.clip_all_norm and grads_and_vars:
+      clipped, _ = tf.clip_by_global_norm([g for g, _ in grads_and_vars], self.clip_all_norm)
+      grads_and_vars = list(zip(clipped, [v for _, v in grads_and_vars]))
+    for optimizer, share in zip((self._optimizer, self._group_optimizer),
+                                self._split(grads_and_vars, lambda gv: gv[1])):
+      if share:
+        optimizer.apply_gradients(share, name=name, skip_gradients_aggregation=True)
+      else:  # Still a step: keeps both schedules on the global step.
+        optimizer.iterations.assign_add(1)
+    return self.iterations
+
+  def finalize_variable_values(self, var_list):
+    others, in_group = self._split(list(var_list), lambda v: v)
+    self._optimizer.finalize_variable_values(others)
+    self._group_optimizer.finalize_variable_values(in_group)
+
+  def get_config(self):
+    # The group is a set of live variables: a config cannot name them.
+    raise NotImplementedError("GroupedOptimizer holds variables and is not serializable; "
+                              "rebuild it with build_optimizer(..., backbone_variables=...)")
+
+
 # -------------------------------------------------------------------------------------
 # Construction from the config.
 # -------------------------------------------------------------------------------------
@@ -469,29 +580,11 @@ def build_schedule(solver_options, total_steps: int,
   return schedule
 
 
-def build_optimizer(solver_options, total_steps: int, learning_rate_multiplier: float = 1.0
-                    ) -> Tuple[tf_keras.optimizers.Optimizer,
-                               tf_keras.optimizers.schedules.LearningRateSchedule]:
-  """Builds the optimizer and its schedule from a `SolverOptions` message.
-
-  Create it inside `strategy.scope()`. Weight decay is decoupled for every optimizer
-  (θ ← θ − lr·λ·θ each step), skipping variables whose names match a
-  `solver.weight_decay_exclude` regex; gradient clipping is by global norm. Mixed-precision
-  loss scaling is the training loop's job: it wraps the result in `LossScaleOptimizer`.
-
-  Args:
-    solver_options: `deeplab_axial.protos.experiment_pb2.SolverOptions`.
-    total_steps: training length in steps (decay length of poly/cosine).
-    learning_rate_multiplier: scales every learning rate (backbone optimizer, see the
-      module docstring).
-
-  Returns:
-    `(optimizer, schedule)`; the optimizer is `Lookahead(...)` when `solver.lookahead.enable`.
-  """
-  schedule = build_schedule(solver_options, total_steps, learning_rate_multiplier)
+def _single_optimizer(solver_options, schedule, global_clipnorm):
+  """One optimizer (wrapped in Lookahead when enabled) following `schedule`."""
   common = {"learning_rate": schedule,
             "weight_decay": solver_options.weight_decay or None,
-            "global_clipnorm": solver_options.clip_gradient_norm or None}
+            "global_clipnorm": global_clipnorm}
   name = solver_options.optimizer
   if name == "sgd":
     optimizer = tf_keras.optimizers.SGD(momentum=solver_options.momentum,
@@ -515,5 +608,48 @@ def build_optimizer(solver_options, total_steps: int, learning_rate_multiplier: 
   if solver_options.lookahead.enable:
     optimizer = Lookahead(optimizer, solver_options.lookahead.sync_period,
                           solver_options.lookahead.slow_step_size)
-  return optimizer, schedule
+  return optimizer
 
+
+def build_optimizer(solver_options, total_steps: int, learning_rate_multiplier: float = 1.0,
+                    backbone_variables=None
+                    ) -> Tuple[tf_keras.optimizers.Optimizer,
+                               tf_keras.optimizers.schedules.LearningRateSchedule]:
+  """Builds the optimizer and its schedule from a `SolverOptions` message.
+
+  Create it inside `strategy.scope()`. Weight decay is decoupled for every optimizer
+  (θ ← θ − lr·λ·θ each step), skipping variables whose names match a
+  `solver.weight_decay_exclude` regex; gradient clipping is by global norm. Mixed-precision
+  loss scaling is the training loop's job: it wraps the result in `LossScaleOptimizer`.
+
+  Args:
+    solver_options: `deeplab_axial.protos.experiment_pb2.SolverOptions`.
+    total_steps: training length in steps (decay length of poly/cosine).
+    learning_rate_multiplier: scales every learning rate.
+    backbone_variables: the backbone's trainable variables; needed when
+      `solver.backbone_learning_rate_multiplier` is not 1. They then get their own
+      optimizer (same type, schedule times the multiplier) in a `GroupedOptimizer`.
+
+  Returns:
+    `(optimizer, schedule)`; the optimizer is `Lookahead(...)` when `solver.lookahead.enable`
+    (inside the `GroupedOptimizer`, per group, with a backbone multiplier).
+
+  Raises:
+    ValueError: unknown optimizer/schedule, or a backbone multiplier without
+      `backbone_variables`.
+  """
+  schedule = build_schedule(solver_options, total_steps, learning_rate_multiplier)
+  clipnorm = solver_options.clip_gradient_norm or None
+  backbone_multiplier = solver_options.backbone_learning_rate_multiplier
+  if backbone_multiplier == 1.0:
+    return _single_optimizer(solver_options, schedule, clipnorm), schedule
+  if backbone_variables is None:
+    raise ValueError(f"solver.backbone_learning_rate_multiplier is {backbone_multiplier}: "
+                     "build_optimizer needs the backbone_variables")
+  backbone_schedule = build_schedule(solver_options, total_steps,
+                                     learning_rate_multiplier * backbone_multiplier)
+  optimizer = GroupedOptimizer(
+      _single_optimizer(solver_options, schedule, None),
+      _single_optimizer(solver_options, backbone_schedule, None),
+      backbone_variables, global_clipnorm=clipnorm)
+  return optimizer, schedule

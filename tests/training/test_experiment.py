@@ -96,6 +96,33 @@ def test_panoptic_train_and_eval_then_resume_eval_and_continuous_eval(
       results)
 
 
+def _one_sgd_step(records, model_dir, multiplier):
+  """(backbone, head) weight changes of one plain-SGD training step."""
+  config = _config(records, _panoptic_model(), overrides=[
+      "solver.optimizer: 'sgd'", "solver.momentum: 0", "solver.learning_rate: 0.1",
+      "train.steps: 1", f"solver.backbone_learning_rate_multiplier: {multiplier}"])
+  run = experiment._Experiment(config, model_dir, tf.distribute.get_strategy(), None)  # pylint: disable=protected-access
+  backbone = builder.find_backbone(run.model).trainable_variables
+  backbone_ids = {id(v) for v in backbone}
+  head = [v for v in run.model.trainable_variables if id(v) not in backbone_ids]
+  before = [[v.numpy() for v in group] for group in (backbone, head)]
+  run.run("train")
+  return [np.concatenate([(v.numpy() - b).ravel() for v, b in zip(group, values)])
+          for group, values in zip((backbone, head), before)]
+
+
+@pytest.mark.slow
+def test_backbone_learning_rate_multiplier_scales_only_backbone_updates(
+    tiny_backbone, shapes_records, tmp_path):
+  del tiny_backbone
+  backbone_full, head_full = _one_sgd_step(shapes_records, str(tmp_path / "full"), 1.0)
+  backbone_tenth, head_tenth = _one_sgd_step(shapes_records, str(tmp_path / "tenth"), 0.1)
+  assert np.abs(backbone_full).max() > 1e-4 and np.abs(head_full).max() > 1e-4
+  # atol: float32 rounding of (weight after − weight before) for weights of size ~1.
+  np.testing.assert_allclose(backbone_tenth, 0.1 * backbone_full, rtol=1e-4, atol=3e-7)
+  np.testing.assert_allclose(head_tenth, head_full, rtol=1e-4, atol=3e-7)
+
+
 _SEMANTIC_HEADS = {
     "none": (16, _DECODER),
     "danet": (8, "context_head { type: 'danet' danet { inter_channels: 4 } }"),

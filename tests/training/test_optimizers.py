@@ -408,6 +408,130 @@ def test_step_schedule_rejects_mismatched_lengths():
     optimizers.StepLearningRate(0.1, [10, 20], [0.01])
 
 
+# ------------------------------- GroupedOptimizer ------------------------------------
+# Two variables: "head" (the first two coordinates of the quadratic) and "backbone" (the
+# last two), the backbone at a tenth of the learning rate.
+
+
+def _grouped(make_optimizer, clipnorm=None):
+  head, backbone = tf.Variable(_START[:2]), tf.Variable(_START[2:])
+  optimizer = optimizers.GroupedOptimizer(make_optimizer(0.1), make_optimizer(0.01),
+                                          [backbone], global_clipnorm=clipnorm)
+  return head, backbone, optimizer
+
+
+def _grouped_gradients(head, backbone, scale=1.0):
+  gradient = scale * _quadratic_grad(np.concatenate([head.numpy(), backbone.numpy()]))
+  return [(tf.constant(gradient[:2]), head), (tf.constant(gradient[2:]), backbone)]
+
+
+def test_grouped_sgd_momentum_with_global_clipping_matches_numpy():
+  head, backbone, optimizer = _grouped(
+      lambda lr: tf_keras.optimizers.SGD(lr, momentum=0.9), clipnorm=1.0)
+  theta, velocity = _START.astype(np.float64), np.zeros(4)
+  rates = np.array([0.1, 0.1, 0.01, 0.01])
+  for _ in range(12):
+    # Gradients 5x larger than the quadratic's so that clipping is active.
+    optimizer.apply_gradients(_grouped_gradients(head, backbone, scale=5.0))
+    gradient = 5.0 * _CURVATURE * (theta - _OPTIMUM)
+    gradient *= min(1.0, 1.0 / np.linalg.norm(gradient))  # one norm over both groups
+    velocity = 0.9 * velocity - rates * gradient
+    theta = theta + velocity
+  np.testing.assert_allclose(np.concatenate([head.numpy(), backbone.numpy()]), theta,
+                             rtol=1e-5)
+  assert int(optimizer.iterations.numpy()) == 12
+  assert int(optimizer.group_optimizer.iterations.numpy()) == 12
+
+
+def test_grouped_lookahead_radam_equals_two_separate_optimizers():
+  def make(lr):
+    return optimizers.Lookahead(optimizers.RectifiedAdam(lr), sync_period=3)
+
+  head, backbone, optimizer = _grouped(make)
+  separate_head, separate_backbone = tf.Variable(_START[:2]), tf.Variable(_START[2:])
+  head_optimizer, backbone_optimizer = make(0.1), make(0.01)
+  for _ in range(10):
+    optimizer.apply_gradients(_grouped_gradients(head, backbone))
+    (head_grad, _), (backbone_grad, _) = _grouped_gradients(separate_head, separate_backbone)
+    head_optimizer.apply_gradients([(head_grad, separate_head)])
+    backbone_optimizer.apply_gradients([(backbone_grad, separate_backbone)])
+  np.testing.assert_allclose(head.numpy(), separate_head.numpy(), rtol=1e-6)
+  np.testing.assert_allclose(backbone.numpy(), separate_backbone.numpy(), rtol=1e-6)
+  assert not np.allclose(backbone.numpy(), _START[2:])
+
+
+def test_grouped_checkpoint_restore_continues_identically(tmp_path):
+  def make(lr):
+    return optimizers.Lookahead(optimizers.RectifiedAdam(lr), sync_period=4)
+
+  full_head, full_backbone, full_optimizer = _grouped(make)
+  for _ in range(9):
+    full_optimizer.apply_gradients(_grouped_gradients(full_head, full_backbone))
+  head, backbone, optimizer = _grouped(make)
+  for _ in range(5):
+    optimizer.apply_gradients(_grouped_gradients(head, backbone))
+  path = tf.train.Checkpoint(h=head, b=backbone, optimizer=optimizer).save(
+      str(tmp_path / "ckpt"))
+  restored_head, restored_backbone, restored = _grouped(make)
+  tf.train.Checkpoint(h=restored_head, b=restored_backbone, optimizer=restored).restore(
+      path).assert_existing_objects_matched()
+  for _ in range(4):
+    restored.apply_gradients(_grouped_gradients(restored_head, restored_backbone))
+  np.testing.assert_allclose(restored_head.numpy(), full_head.numpy(), rtol=1e-6)
+  np.testing.assert_allclose(restored_backbone.numpy(), full_backbone.numpy(), rtol=1e-6)
+  assert int(restored.group_optimizer.iterations.numpy()) == 9
+
+
+def test_grouped_distributed_equals_single_device(two_cpu_strategy):
+  def run(strategy, steps=6):
+    with strategy.scope():
+      head, backbone, optimizer = _grouped(
+          lambda lr: optimizers.Lookahead(optimizers.RectifiedAdam(lr), sync_period=2),
+          clipnorm=0.5)
+
+    def replica_step():
+      with tf.GradientTape() as tape:
+        theta = tf.concat([head, backbone], 0)
+        loss = 0.5 * tf.reduce_sum(_CURVATURE * tf.square(theta - _OPTIMUM))
+        # Each replica holds half of the global-batch loss.
+        loss = loss / strategy.num_replicas_in_sync
+      optimizer.apply_gradients(zip(tape.gradient(loss, [head, backbone]),
+                                    [head, backbone]))
+
+    @tf.function
+    def step():
+      strategy.run(replica_step)
+
+    for _ in range(steps):
+      step()
+    return head, backbone
+
+  single = run(tf.distribute.OneDeviceStrategy("/cpu:0"))
+  mirrored = run(two_cpu_strategy)
+  for expected, variable in zip(single, mirrored):
+    for value in variable.values:
+      np.testing.assert_allclose(value.numpy(), expected.numpy(), rtol=1e-5)
+
+
+def test_loss_scale_optimizer_around_grouped_skips_non_finite_steps():
+  head, backbone, grouped = _grouped(tf_keras.optimizers.SGD)
+  optimizer = tf_keras.mixed_precision.LossScaleOptimizer(grouped)
+  optimizer.apply_gradients([(tf.constant([np.nan, 0.0]), head),
+                             (tf.constant([1.0, 1.0]), backbone)])
+  np.testing.assert_array_equal(head.numpy(), _START[:2])
+  np.testing.assert_array_equal(backbone.numpy(), _START[2:])
+  optimizer.apply_gradients([(tf.constant([1.0, 1.0]), head),
+                             (tf.constant([1.0, 1.0]), backbone)])
+  np.testing.assert_allclose(head.numpy(), _START[:2] - 0.1, rtol=1e-6)
+  np.testing.assert_allclose(backbone.numpy(), _START[2:] - 0.01, rtol=1e-6)
+
+
+def test_grouped_rejects_legacy_optimizers():
+  with pytest.raises(ValueError, match="group_optimizer must be a new-style"):
+    optimizers.GroupedOptimizer(tf_keras.optimizers.SGD(0.1),
+                                tf_keras.optimizers.legacy.SGD(0.1), [])
+
+
 # ------------------------------- build_optimizer -------------------------------------
 
 
@@ -449,3 +573,25 @@ def test_build_optimizer_sgd_adamw_and_multiplier():
   assert not adamw._use_weight_decay(tf.Variable(1.0, name="dense/bias"))
   adam, _ = optimizers.build_optimizer(_solver('optimizer: "adam"'), total_steps=10)
   assert type(adam) is tf_keras.optimizers.Adam and adam.weight_decay is None
+
+
+def test_build_optimizer_backbone_multiplier_groups_the_backbone():
+  solver = _solver('optimizer: "radam" learning_rate: 0.001 schedule: "poly" '
+                   'warmup_steps: 10 lookahead { enable: true } clip_gradient_norm: 2.0 '
+                   'backbone_learning_rate_multiplier: 0.1')
+  backbone, head = tf.Variable([1.0]), tf.Variable([2.0])
+  optimizer, schedule = optimizers.build_optimizer(solver, total_steps=1000,
+                                                   backbone_variables=[backbone])
+  assert isinstance(optimizer, optimizers.GroupedOptimizer)
+  assert optimizer.clip_all_norm == 2.0
+  for part in (optimizer.optimizer, optimizer.group_optimizer):
+    assert isinstance(part, optimizers.Lookahead)
+    assert isinstance(part.optimizer, optimizers.RectifiedAdam)
+    assert part.optimizer.global_clipnorm is None  # clipped once, over both groups
+  for step in (0, 5, 10, 500):
+    np.testing.assert_allclose(float(optimizer.group_optimizer.optimizer._learning_rate(step)),
+                               0.1 * float(schedule(step)), rtol=1e-6)
+  optimizer.build([head, backbone])
+  assert optimizer.optimizer.optimizer._index_dict.keys() == {optimizer._var_key(head)}
+  with pytest.raises(ValueError, match="needs the backbone_variables"):
+    optimizers.build_optimizer(solver, total_steps=1000)
