@@ -503,9 +503,10 @@ class _Validator:
     self.check("eval.metrics", lambda v: all(m in allowed for m in v),
                f"metrics for meta_architecture {self._config.model.meta_architecture!r} "
                f"are {', '.join(repr(a) for a in allowed)}")
-    self.check("eval.save_predictions", lambda v: not v,
-               "is not supported during training evaluation yet; write official-format "
-               "predictions with `python trainer/predict.py` (COCO/Cityscapes PNG + JSON)")
+    if self._config.model.meta_architecture != "panoptic_deeplab":
+      self.check("eval.save_predictions", lambda v: not v,
+                 "writes panoptic predictions, so it needs meta_architecture "
+                 "'panoptic_deeplab'; write semantic maps with `python trainer/predict.py`")
     self.fraction("eval.center_threshold", high_open=False)
     self.check("eval.nms_kernel", lambda v: v > 0 and v % 2 == 1, "must be a positive odd "
                "kernel size")

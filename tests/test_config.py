@@ -217,9 +217,13 @@ def test_resolve_file_pattern(tmp_path, monkeypatch):
     config_lib.resolve_file_pattern("${NOT_SET_ANYWHERE}/x")
 
 
-def test_saving_predictions_during_training_eval_is_refused_not_ignored():
-  with pytest.raises(config_lib.ConfigError, match=r"eval\.save_predictions.*trainer/predict"):
-    config_lib.load_config(_DEMO, overrides=["eval.save_predictions: true"])
+def test_saving_predictions_needs_a_panoptic_model():
+  config = config_lib.load_config(_DEMO, overrides=["eval.save_predictions: true"])
+  assert config.eval.save_predictions
+  semantic = os.path.join(_CONFIG_DIR, "cityscapes", "danet_resnet101.textproto")
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"eval\.save_predictions.*meta_architecture 'panoptic_deeplab'"):
+    config_lib.load_config(semantic, overrides=["eval.save_predictions: true"])
 
 
 def test_backbone_learning_rate_multiplier_must_be_positive():

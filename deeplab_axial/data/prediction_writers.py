@@ -164,3 +164,33 @@ class CityscapesPanopticWriter(_PanopticWriter):
 
   def _file_name(self, image_id):
     return f"{image_id}_panoptic.png"
+
+
+def writer_for_dataset(dataset_info, output_dir, name="panoptic"):
+  """The official-format writer of a dataset: Cityscapes for Cityscapes, else COCO.
+
+  Category ids are the dataset's own (`dataset_info.official_category_ids`, when it has
+  them). Image ids that are decimal strings (COCO, Mapillary records) become ints.
+
+  Args:
+    dataset_info: a `deeplab_axial.data.datasets.DatasetInfo`.
+    output_dir: the writer puts `<name>/` (PNGs) and `<name>.json` here.
+    name: base name of the PNG folder and the JSON file.
+  """
+  category_map = list(dataset_info.official_category_ids) or None
+  if dataset_info.name.startswith("cityscapes"):
+    return CityscapesPanopticWriter(output_dir, dataset_info.label_divisor,
+                                    dataset_info.ignore_label, dataset_info.thing_class_ids,
+                                    category_map=category_map, name=name)
+  return _DecimalIdCocoWriter(output_dir, dataset_info.label_divisor,
+                              dataset_info.ignore_label, dataset_info.thing_class_ids,
+                              category_map=category_map, name=name)
+
+
+class _DecimalIdCocoWriter(CocoPanopticWriter):
+  """COCO writer for ids read from TFRecords, where COCO's int ids are stored as text."""
+
+  def write(self, image_id, panoptic, file_name=None):
+    if isinstance(image_id, str) and image_id.isdigit():
+      image_id = int(image_id)
+    return super().write(image_id, panoptic, file_name)

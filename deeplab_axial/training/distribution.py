@@ -85,3 +85,10 @@ def is_chief(strategy):
   task_type, task_id = resolver.task_type, resolver.task_id
   return task_type == "chief" or (task_type == "worker" and task_id == 0 and
                                   "chief" not in resolver.cluster_spec().as_dict())
+
+
+def num_workers(strategy):
+  """How many worker processes take part in `strategy` (1 unless multi-worker)."""
+  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    return 1
+  return strategy.extended._num_workers  # pylint: disable=protected-access

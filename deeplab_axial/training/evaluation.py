@@ -144,7 +144,7 @@ class Evaluator:
     self.prediction_writer = prediction_writer
     self._step = tf.function(self._distributed_step, reduce_retracing=True)
 
-  def _replica_step(self, batch):
+  def _replica_step(self, batch, with_predictions):
     predictions = predict_with_tta(self.model_fn, batch["image"], self.scales, self.flip)
     outputs = self.post_process_fn(predictions["semantic_probs"],
                                    predictions["center_heatmap"],
@@ -164,7 +164,7 @@ class Evaluator:
       host.update(ground_truth=ground_truth, panoptic=outputs["panoptic"],
                   instance_panoptic_ids=outputs["instance_panoptic_ids"],
                   instance_scores=outputs["instance_scores"])
-    if self.prediction_writer is not None:
+    if with_predictions:
       host["panoptic"] = outputs["panoptic"]
       for key in ("image_id", "height", "width"):
         if key in batch:
@@ -189,16 +189,17 @@ class Evaluator:
     outputs["semantic"] = tf.where(inside, outputs["semantic"], void_semantic)
     return outputs
 
-  def _distributed_step(self, batch):
-    return self.strategy.run(self._replica_step, args=(batch,))
+  def _distributed_step(self, batch, with_predictions):
+    # `with_predictions` is a Python bool: one trace with and one without.
+    return self.strategy.run(self._replica_step, args=(batch, with_predictions))
 
-  def _host_update(self, host, next_index):
+  def _host_update(self, host, next_index, prediction_writer):
     """Feeds one replica's outputs to AP and the writer; returns the next running index."""
     host = {k: v.numpy() for k, v in host.items()}
     if self.instance_ap is not None:
       self.instance_ap.update_state(host["ground_truth"], host["panoptic"],
                                     host["instance_panoptic_ids"], host["instance_scores"])
-    if self.prediction_writer is not None:
+    if prediction_writer is not None:
       for i, panoptic in enumerate(host["panoptic"]):
         if "image_id" in host:
           image_id = host["image_id"][i]
@@ -207,11 +208,11 @@ class Evaluator:
           image_id = next_index + i
         if "height" in host and "width" in host:
           panoptic = panoptic[:host["height"][i], :host["width"][i]]
-        self.prediction_writer.write(image_id, panoptic)
+        prediction_writer.write(image_id, panoptic)
       next_index += len(host["panoptic"])
     return next_index
 
-  def evaluate(self, dataset, num_steps=None):
+  def evaluate(self, dataset, num_steps=None, prediction_writer=None):
     """Evaluates over `dataset` (global batches; distributed here) and returns metrics.
 
     Args:
@@ -219,6 +220,7 @@ class Evaluator:
         `panoptic` (int32 `[b, h, w]`), optionally `image_id` `[b]` and the original
         `height`, `width` `[b]` of padded images (predictions outside become void).
       num_steps: stop after this many batches (default: the whole dataset).
+      prediction_writer: writer for this evaluation only (default: the constructor's).
 
     Returns:
       Dict of Python floats `pq, sq, rq, pq_th, sq_th, rq_th, pq_st, sq_st, rq_st, miou`
@@ -229,15 +231,17 @@ class Evaluator:
     self.mean_iou.reset_state()
     if self.instance_ap is not None:
       self.instance_ap.reset_state()
+    writer = prediction_writer or self.prediction_writer
     next_index = 0
     for step, batch in enumerate(self.strategy.experimental_distribute_dataset(dataset)):
       if num_steps is not None and step >= num_steps:
         break
-      host = self._step(batch)
+      host = self._step(batch, writer is not None)
       if host:
         per_key = {k: self.strategy.experimental_local_results(v) for k, v in host.items()}
         for replica_values in zip(*per_key.values()):
-          next_index = self._host_update(dict(zip(per_key, replica_values)), next_index)
+          next_index = self._host_update(dict(zip(per_key, replica_values)), next_index,
+                                         writer)
     return self.results()
 
   def results(self):

@@ -17,6 +17,7 @@ import tf_keras
 
 from deeplab_axial import config as config_lib
 from deeplab_axial.data import datasets
+from deeplab_axial.data import prediction_writers
 from deeplab_axial.models import builder
 from deeplab_axial.training import distribution
 from deeplab_axial.training import loop
@@ -29,6 +30,7 @@ TrainingDivergedError = loop.TrainingDivergedError
 
 MODES = ("train", "eval", "train_and_eval", "continuous_eval")
 METRICS_FILE = "eval_metrics.json"
+PREDICTIONS_DIR = "eval_predictions"
 
 
 def run_from_flags(*, config_file, mode, model_dir, overrides=(), num_gpus=0,
@@ -152,7 +154,11 @@ class _Experiment:
   def evaluate(self, step):
     """Evaluates the current weights; writes `eval_metrics.json` and summaries."""
     start = time.perf_counter()
-    results = self.task.evaluate(self.model, num_steps=self.config.eval.steps or None)
+    num_steps = self.config.eval.steps or None
+    if self.config.eval.save_predictions:
+      results = self._evaluate_and_save_predictions(step, num_steps)
+    else:
+      results = self.task.evaluate(self.model, num_steps=num_steps)
     scalars = {k: float(v) for k, v in results.items() if np.ndim(v) == 0}
     logging.info("eval at step %d (%.1f s): %s", step, time.perf_counter() - start,
                  " ".join(f"{k} {v:.4f}" for k, v in sorted(scalars.items())))
@@ -166,6 +172,19 @@ class _Experiment:
         summaries.write_panoptic_images(self._eval_writer, step, *sample, self.task.info)
         self._eval_writer.flush()
     return scalars
+
+  def _evaluate_and_save_predictions(self, step, num_steps):
+    """Evaluates and writes official-format predictions to model_dir/eval_predictions."""
+    if distribution.num_workers(self.strategy) > 1:
+      # Each worker sees only its own replicas' predictions.
+      raise ValueError("eval.save_predictions works with one worker; with several, write "
+                       "predictions with trainer/predict.py")
+    output_dir = os.path.join(self.model_dir, PREDICTIONS_DIR, f"step_{step}")
+    writer = prediction_writers.writer_for_dataset(self.task.info, output_dir)
+    with writer:
+      results = self.task.evaluate(self.model, num_steps=num_steps, prediction_writer=writer)
+    logging.info("wrote %d predictions to %s", len(writer.annotations), output_dir)
+    return results
 
   def _record_metrics(self, step, scalars):
     all_metrics = read_metrics(self.metrics_path)

@@ -131,8 +131,9 @@ class PanopticTask(_SegmentationTask):
           compute_ap="ap" in eval_options.metrics)
     return self._evaluator
 
-  def evaluate(self, model, num_steps=None):
-    return self._evaluator_for(model).evaluate(self.eval_dataset(), num_steps=num_steps)
+  def evaluate(self, model, num_steps=None, prediction_writer=None):
+    return self._evaluator_for(model).evaluate(self.eval_dataset(), num_steps=num_steps,
+                                               prediction_writer=prediction_writer)
 
   def post_process_fn(self, model):
     """The panoptic post-processor (probabilities in) used when evaluating `model`."""

@@ -14,6 +14,8 @@ import tf_keras
 
 from deeplab_axial import config as config_lib
 from deeplab_axial.data import datasets
+from deeplab_axial.data import pipeline
+from deeplab_axial.data import prediction_writers
 from deeplab_axial.data.converters import imagenet
 from deeplab_axial.data.converters import shapes
 from deeplab_axial.models import builder
@@ -94,6 +96,34 @@ def test_panoptic_train_and_eval_then_resume_eval_and_continuous_eval(
   assert experiment.run_experiment(config, "eval", model_dir) == pytest.approx(results)
   assert experiment.run_experiment(config, "continuous_eval", model_dir) == pytest.approx(
       results)
+
+
+@pytest.mark.slow
+def test_eval_saves_official_predictions_at_original_size(tiny_backbone, shapes_records,
+                                                          tmp_path):
+  del tiny_backbone
+  # Eval crop 49 > the 33x33 images: the written PNGs must be cropped back to 33x33.
+  config = _config(shapes_records, _panoptic_model(), overrides=[
+      "train.steps: 1", "eval.interval: 1", "eval.crop_size: [49, 49]",
+      "eval.save_predictions: true"])
+  model_dir = str(tmp_path / "model")
+  experiment.run_experiment(config, "train_and_eval", model_dir)
+  output_dir = os.path.join(model_dir, experiment.PREDICTIONS_DIR, "step_1")
+  with open(os.path.join(output_dir, "panoptic.json")) as f:
+    annotations = json.load(f)["annotations"]
+  image_ids = [example["image_id"].numpy().decode() for example in map(
+      pipeline.decode_example, tf.data.TFRecordDataset(tf.io.gfile.glob(
+          shapes_records["val"])))]
+  assert sorted(a["image_id"] for a in annotations) == sorted(int(i) for i in image_ids)
+  official = set(datasets.get_dataset_info("shapes").official_category_ids)
+  for annotation in annotations:
+    ids = prediction_writers.rgb_to_id(np.asarray(Image.open(
+        os.path.join(output_dir, "panoptic", annotation["file_name"]))))
+    assert ids.shape == (33, 33)
+    segments = annotation["segments_info"]
+    assert sorted(np.unique(ids[ids > 0])) == sorted(s["id"] for s in segments)
+    assert all(s["category_id"] in official for s in segments)
+    assert sum(s["area"] for s in segments) == int((ids > 0).sum())
 
 
 def _one_sgd_step(records, model_dir, multiplier):
