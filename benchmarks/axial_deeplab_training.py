@@ -60,6 +60,7 @@ def make_train_step(model, learning_rate=1e-3):
 
 def run(preset, size, steps, batch=1, num_classes=19, span=65, width_multiplier=None):
   """Returns (first loss, last loss, seconds of the first step, seconds per later step)."""
+  tf_keras.utils.set_random_seed(0)
   model = axial_deeplab(preset, num_classes, span=span, width_multiplier=width_multiplier)
   images, targets = random_panoptic_batch(batch, size, num_classes)
   train_step = make_train_step(model)
