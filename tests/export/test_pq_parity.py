@@ -7,6 +7,8 @@ trainer/export.py (dynamic and static-size variants), and both signatures are ru
 per-class numbers of those outputs must equal the evaluator's.
 """
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -94,3 +96,27 @@ def test_exported_model_pq_on_demo_val_split_equals_evaluator(trained_demo, tmp_
   # measured after 400 steps), with true positives among both things and stuff.
   assert evaluated["pq"] > 0.1, evaluated
   assert evaluated["pq_th"] > 0 and evaluated["pq_st"] > 0, evaluated
+
+
+@pytest.mark.slow
+def test_export_cli_writes_the_requested_version_and_reports_bad_checkpoints(trained_demo,
+                                                                             tmp_path):
+  model_dir = trained_demo[1]
+  script = os.path.join(_REPO, "trainer", "export.py")
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  output_dir = str(tmp_path / "served")
+  completed = subprocess.run(
+      [sys.executable, script, f"--config_file={_DEMO_CONFIG}", f"--checkpoint={model_dir}",
+       f"--output_dir={output_dir}", "--version=7"],
+      env=env, capture_output=True, text=True, timeout=600, check=False)
+  assert completed.returncode == 0, completed.stderr[-3000:]
+  assert f"to {os.path.join(output_dir, '7')}" in completed.stdout
+  assert os.path.isfile(os.path.join(output_dir, "7", "saved_model.pb"))
+  missing = str(tmp_path / "no_such_model_dir")
+  completed = subprocess.run(
+      [sys.executable, script, f"--config_file={_DEMO_CONFIG}", f"--checkpoint={missing}",
+       f"--output_dir={output_dir}"],
+      env=env, capture_output=True, text=True, timeout=600, check=False)
+  assert completed.returncode == 1
+  assert completed.stderr.strip().splitlines()[-1].startswith("error: ")
+  assert missing in completed.stderr

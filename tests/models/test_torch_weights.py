@@ -44,13 +44,18 @@ def _relative_error(actual, expected):
 
 @contextlib.contextmanager
 def _keras_floatx(dtype):
+  """Layers built inside compute in `dtype` (a global policy set earlier would win over
+  floatx alone, e.g. the trainer's "float32")."""
   import tf_keras  # pylint: disable=import-outside-toplevel
-  previous = tf_keras.backend.floatx()
+  previous_floatx = tf_keras.backend.floatx()
+  previous_policy = tf_keras.mixed_precision.global_policy()
   tf_keras.backend.set_floatx(dtype)
+  tf_keras.mixed_precision.set_global_policy(dtype)
   try:
     yield
   finally:
-    tf_keras.backend.set_floatx(previous)
+    tf_keras.mixed_precision.set_global_policy(previous_policy)
+    tf_keras.backend.set_floatx(previous_floatx)
 
 
 def _official_logits(module, images, dtype):
@@ -89,6 +94,7 @@ def _check_logit_parity(csrhddlam, name, seed, dtype="float32", tolerance=1e-3):
   images = np.random.default_rng(seed).normal(size=(1, 3, _SIZE, _SIZE)).astype(np.float32)
   expected, expected_features = _official_logits(module, images, dtype)
   actual, actual_features = _our_logits(name, module, images, dtype)
+  assert actual_features[0].dtype == dtype
   # Relative error of whole tensors (elementwise relative error is ill-posed near 0).
   for key, value in zip(("res2", "res3", "res4"), actual_features):
     assert _relative_error(value, expected_features[key]) < tolerance, key
