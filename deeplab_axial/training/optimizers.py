@@ -295,8 +295,52 @@ class RectifiedAdam(tf_keras.optimizers.Optimizer):
     return config
 
 
+class _DelegatingOptimizer(tf_keras.optimizers.Optimizer):
+  """An optimizer that steps through `self._optimizer`: its `iterations` (the step count
+  of schedules) and `learning_rate` are the wrapped optimizer's."""
+
+  def __init__(self, optimizer, name, **kwargs):
+    _check_new_style(optimizer, f"{type(self).__name__} optimizer")
+    super().__init__(name=name, jit_compile=False, **kwargs)
+    self._optimizer = optimizer
+
+  def _create_iteration_variable(self):
+    # The step counter is the wrapped optimizer's (see `iterations`).
+    pass
+
+  @property
+  def optimizer(self):
+    """The wrapped optimizer."""
+    return self._optimizer
+
+  @property
+  def iterations(self):
+    return self._optimizer.iterations
+
+  @iterations.setter
+  def iterations(self, variable):
+    self._optimizer.iterations = variable
+
+  @property
+  def learning_rate(self):
+    return self._optimizer.learning_rate
+
+  @learning_rate.setter
+  def learning_rate(self, learning_rate):
+    self._optimizer.learning_rate = learning_rate
+
+  def update_step(self, gradient, variable):
+    raise NotImplementedError(f"{type(self).__name__} delegates updates")
+
+
+def _check_new_style(optimizer, label):
+  if not isinstance(optimizer, tf_keras.optimizers.Optimizer):
+    raise ValueError(f"{label} must be a new-style tf_keras.optimizers.Optimizer, got "
+                     f"{type(optimizer).__name__}")
+
+
 @tf_keras.saving.register_keras_serializable(package=_PACKAGE)
-class Lookahead(tf_keras.optimizers.Optimizer):
+class Lookahead(_DelegatingOptimizer):
   """Lookahead (Zhang et al. 2019) around any new-style tf_keras optimizer.
 
   The wrapped optimizer updates the model ("fast") weights every step. Every
@@ -318,41 +362,12 @@ class Lookahead(tf_keras.optimizers.Optimizer):
                **kwargs):
     if isinstance(optimizer, dict):
       optimizer = tf_keras.optimizers.deserialize(optimizer, use_legacy_optimizer=False)
-    if not isinstance(optimizer, tf_keras.optimizers.Optimizer):
-      raise ValueError("Lookahead wraps a new-style tf_keras.optimizers.Optimizer, got "
-                       f"{type(optimizer).__name__}")
     if int(sync_period) < 1 or not 0.0 < slow_step_size <= 1.0:
       raise ValueError(f"sync_period must be >= 1 and slow_step_size in (0, 1], got "
                        f"{sync_period}, {slow_step_size}")
-    super().__init__(name=name, jit_compile=False, **kwargs)
-    self._optimizer = optimizer
+    super().__init__(optimizer, name=name, **kwargs)
     self.sync_period = int(sync_period)
     self.slow_step_size = float(slow_step_size)
-
-  def _create_iteration_variable(self):
-    # The step counter is the wrapped optimizer's (see `iterations`).
-    pass
-
-  @property
-  def optimizer(self):
-    """The wrapped (fast-weight) optimizer."""
-    return self._optimizer
-
-  @property
-  def iterations(self):
-    return self._optimizer.iterations
-
-  @iterations.setter
-  def iterations(self, variable):
-    self._optimizer.iterations = variable
-
-  @property
-  def learning_rate(self):
-    return self._optimizer.learning_rate
-
-  @learning_rate.setter
-  def learning_rate(self, learning_rate):
-    self._optimizer.learning_rate = learning_rate
 
   @property
   def variables(self):
@@ -366,9 +381,6 @@ class Lookahead(tf_keras.optimizers.Optimizer):
     self._optimizer.build(var_list)
     self._slow_weights = [self.add_variable_from_reference(v, "slow", initial_value=v)
                           for v in var_list]
-
-  def update_step(self, gradient, variable):
-    raise NotImplementedError("Lookahead delegates updates to its wrapped optimizer")
 
   def apply_gradients(self, grads_and_vars, name=None, skip_gradients_aggregation=False,
                       **kwargs):
@@ -428,7 +440,7 @@ class Lookahead(tf_keras.optimizers.Optimizer):
 
 
 @tf_keras.saving.register_keras_serializable(package=_PACKAGE)
-class GroupedOptimizer(tf_keras.optimizers.Optimizer):
+class GroupedOptimizer(_DelegatingOptimizer):
   """Two optimizers for two groups of variables, e.g. a backbone with its own learning rate.
 
   `group_optimizer` updates `group_variables` (matched by identity); `optimizer` updates
@@ -448,44 +460,15 @@ class GroupedOptimizer(tf_keras.optimizers.Optimizer):
 
   def __init__(self, optimizer, group_optimizer, group_variables, global_clipnorm=None,
                name="GroupedOptimizer", **kwargs):
-    for label, value in (("optimizer", optimizer), ("group_optimizer", group_optimizer)):
-      if not isinstance(value, tf_keras.optimizers.Optimizer):
-        raise ValueError(f"GroupedOptimizer: {label} must be a new-style "
-                         f"tf_keras.optimizers.Optimizer, got {type(value).__name__}")
-    super().__init__(name=name, jit_compile=False, **kwargs)
-    self._optimizer = optimizer
+    _check_new_style(group_optimizer, "GroupedOptimizer group_optimizer")
+    super().__init__(optimizer, name=name, **kwargs)
     self._group_optimizer = group_optimizer
     self._group_keys = {self._var_key(v) for v in group_variables}
     self.clip_all_norm = global_clipnorm
 
-  def _create_iteration_variable(self):
-    # The step counter is the main optimizer's (see `iterations`).
-    pass
-
-  @property
-  def optimizer(self):
-    """The optimizer of the variables outside the group."""
-    return self._optimizer
-
   @property
   def group_optimizer(self):
     return self._group_optimizer
-
-  @property
-  def iterations(self):
-    return self._optimizer.iterations
-
-  @iterations.setter
-  def iterations(self, variable):
-    self._optimizer.iterations = variable
-
-  @property
-  def learning_rate(self):
-    return self._optimizer.learning_rate
-
-  @learning_rate.setter
-  def learning_rate(self, learning_rate):
-    self._optimizer.learning_rate = learning_rate
 
   @property
   def variables(self):
@@ -504,9 +487,6 @@ class GroupedOptimizer(tf_keras.optimizers.Optimizer):
     others, in_group = self._split(list(var_list), lambda v: v)
     self._optimizer.build(others)
     self._group_optimizer.build(in_group)
-
-  def update_step(self, gradient, variable):
-    raise NotImplementedError("GroupedOptimizer delegates updates to its two optimizers")
 
   def apply_gradients(self, grads_and_vars, name=None, skip_gradients_aggregation=False,
                       **kwargs):
