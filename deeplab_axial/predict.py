@@ -235,19 +235,17 @@ class _PanopticOutput:
     if dataset_info is None or not dataset_info.official_category_ids:
       raise ValueError(f"output_format={output_format!r} needs a dataset_info with "
                        f"official_category_ids (pass --dataset)")
-    writer_class = (prediction_writers.CocoPanopticWriter if output_format == "coco" else
-                    prediction_writers.CityscapesPanopticWriter)
-    self.writer = writer_class(output_dir, options.label_divisor, options.ignore_label,
-                               options.thing_class_ids,
-                               category_map=list(dataset_info.official_category_ids),
-                               name="panoptic")
+    self.writer = prediction_writers.official_writer(
+        output_format, output_dir, label_divisor=options.label_divisor,
+        ignore_label=options.ignore_label, thing_class_ids=options.thing_class_ids,
+        category_ids=dataset_info.official_category_ids, name="panoptic")
 
   def write(self, stem, panoptic):
     if self.writer is None:
       Image.fromarray(prediction_writers.id_to_rgb(panoptic)).save(
           os.path.join(self.png_dir, stem + ".png"))
     elif self.output_format == "coco":
-      self.writer.write(int(stem) if stem.isdigit() else stem, panoptic)
+      self.writer.write(stem, panoptic)
     else:
       self.writer.write(stem.replace("_leftImg8bit", ""), panoptic)
 

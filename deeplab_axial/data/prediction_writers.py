@@ -132,7 +132,16 @@ class _PanopticWriter:
 
 
 class CocoPanopticWriter(_PanopticWriter):
-  """COCO panoptic results: ids numbered from 1 per image, `<image_id>.png` files."""
+  """COCO panoptic results: ids numbered from 1 per image, `<image_id>.png` files.
+
+  COCO image ids are ints; one given as a decimal string (as TFRecords and file stems
+  hold them) is written as that int.
+  """
+
+  def write(self, image_id, panoptic, file_name=None):
+    if isinstance(image_id, str) and image_id.isdigit():
+      image_id = int(image_id)
+    return super().write(image_id, panoptic, file_name)
 
   def _segment_ids(self, segments):
     return list(range(1, len(segments) + 1))
@@ -166,31 +175,32 @@ class CityscapesPanopticWriter(_PanopticWriter):
     return f"{image_id}_panoptic.png"
 
 
-def writer_for_dataset(dataset_info, output_dir, name="panoptic"):
-  """The official-format writer of a dataset: Cityscapes for Cityscapes, else COCO.
+OFFICIAL_FORMATS = ("coco", "cityscapes")
 
-  Category ids are the dataset's own (`dataset_info.official_category_ids`, when it has
-  them). Image ids that are decimal strings (COCO, Mapillary records) become ints.
+
+def official_writer(output_format, output_dir, *, label_divisor, ignore_label,
+                    thing_class_ids, category_ids=None, name="panoptic"):
+  """A `CocoPanopticWriter` or `CityscapesPanopticWriter` (`output_format` "coco" or
+  "cityscapes") writing `<output_dir>/<name>/` and `<output_dir>/<name>.json`.
 
   Args:
-    dataset_info: a `deeplab_axial.data.datasets.DatasetInfo`.
-    output_dir: the writer puts `<name>/` (PNGs) and `<name>.json` here.
-    name: base name of the PNG folder and the JSON file.
+    category_ids: the dataset's own id of each semantic id (None: the semantic ids).
   """
-  category_map = list(dataset_info.official_category_ids) or None
-  if dataset_info.name.startswith("cityscapes"):
-    return CityscapesPanopticWriter(output_dir, dataset_info.label_divisor,
-                                    dataset_info.ignore_label, dataset_info.thing_class_ids,
-                                    category_map=category_map, name=name)
-  return _DecimalIdCocoWriter(output_dir, dataset_info.label_divisor,
-                              dataset_info.ignore_label, dataset_info.thing_class_ids,
-                              category_map=category_map, name=name)
+  if output_format not in OFFICIAL_FORMATS:
+    raise ValueError(f"output_format must be one of {OFFICIAL_FORMATS}, got "
+                     f"{output_format!r}")
+  writer_class = (CityscapesPanopticWriter if output_format == "cityscapes"
+                  else CocoPanopticWriter)
+  return writer_class(output_dir, label_divisor, ignore_label, thing_class_ids,
+                      category_map=list(category_ids) if category_ids else None, name=name)
 
 
-class _DecimalIdCocoWriter(CocoPanopticWriter):
-  """COCO writer for ids read from TFRecords, where COCO's int ids are stored as text."""
-
-  def write(self, image_id, panoptic, file_name=None):
-    if isinstance(image_id, str) and image_id.isdigit():
-      image_id = int(image_id)
-    return super().write(image_id, panoptic, file_name)
+def writer_for_dataset(dataset_info, output_dir, name="panoptic"):
+  """The official-format writer of a dataset: Cityscapes for Cityscapes, else COCO, with
+  the dataset's own category ids (`dataset_info.official_category_ids`, when it has them).
+  """
+  output_format = "cityscapes" if dataset_info.name.startswith("cityscapes") else "coco"
+  return official_writer(output_format, output_dir, label_divisor=dataset_info.label_divisor,
+                         ignore_label=dataset_info.ignore_label,
+                         thing_class_ids=dataset_info.thing_class_ids,
+                         category_ids=dataset_info.official_category_ids, name=name)
