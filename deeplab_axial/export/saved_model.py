@@ -273,9 +273,7 @@ class PanopticServingModule(tf.Module):
 
   def _crop_and_mask(self, outputs, sizes, batch_size):
     """Crops maps to `batch_size` and fills each image's outside with void values."""
-    rows = tf.range(batch_size[0])[None, :, None] < sizes[:, 0, None, None]
-    cols = tf.range(batch_size[1])[None, None, :] < sizes[:, 1, None, None]
-    inside = rows & cols
+    inside = ops.inside_images_mask(sizes[:, 0], sizes[:, 1], batch_size[0], batch_size[1])
     for key, void in self._void_values().items():
       if key not in outputs:
         continue

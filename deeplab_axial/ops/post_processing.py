@@ -290,3 +290,18 @@ def panoptic_inference(semantic_logits,
 
 
 __all__ = ["panoptic_inference", "find_centers"]
+
+
+def inside_images_mask(heights, widths, padded_height, padded_width):
+  """Which pixels of a padded batch lie inside each image's own size.
+
+  Args:
+    heights, widths: int `[batch]`, each image's size before bottom/right padding.
+    padded_height, padded_width: int scalars, the batch's map size.
+
+  Returns:
+    bool `[batch, padded_height, padded_width]`.
+  """
+  rows = tf.range(padded_height)[None, :, None] < tf.cast(heights, tf.int32)[:, None, None]
+  cols = tf.range(padded_width)[None, None, :] < tf.cast(widths, tf.int32)[:, None, None]
+  return rows & cols

@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from deeplab_axial import metrics as metrics_lib
+from deeplab_axial import ops
 
 _OUTPUT_KEYS = ("semantic_logits", "center_heatmap", "center_offset")
 
@@ -179,9 +180,7 @@ class Evaluator:
     differ from those on the unpadded images (e.g. from the exported SavedModel).
     """
     shape = tf.shape(outputs["panoptic"])
-    rows = tf.range(shape[1])[None, :, None] < tf.cast(heights, tf.int32)[:, None, None]
-    cols = tf.range(shape[2])[None, None, :] < tf.cast(widths, tf.int32)[:, None, None]
-    inside = rows & cols
+    inside = ops.inside_images_mask(heights, widths, shape[1], shape[2])
     void_semantic = self.panoptic_quality.ignore_label
     outputs = dict(outputs)
     outputs["panoptic"] = tf.where(inside, outputs["panoptic"],
