@@ -38,6 +38,7 @@ import tf_keras
 from deeplab_axial.layers import axial_attention
 from deeplab_axial.layers import axial_blocks
 from deeplab_axial.layers import convolutions
+from deeplab_axial.models import resnet
 
 _Variant = collections.namedtuple(
     "_Variant", ["block_counts", "width_multiplier", "official"])
@@ -201,9 +202,7 @@ def axial_resnet(name, num_classes=None, input_shape=None, span=None, stem="conv
     else:
       x = convolutions.InceptionStem(kernel_initializer=_conv_initializer(), name="stem",
                                      **bn_args)(images)
-    # The input is post-ReLU (>= 0), so zero padding equals PyTorch's -inf padding.
-    x = tf_keras.layers.ZeroPadding2D(1, name="stem_pool_pad")(x)
-    x = tf_keras.layers.MaxPool2D(3, strides=2, padding="valid", name="stem_pool")(x)
+    x = resnet.stem_max_pool(x)
     lengths.downsample(4)
     current_stride, first_stage_stride = 4, 1
 
@@ -219,11 +218,7 @@ def axial_resnet(name, num_classes=None, input_shape=None, span=None, stem="conv
                 f"res{stage}_block{index + 1}")
     endpoints[f"res{stage}"] = x
 
-  if num_classes is None:
-    return tf_keras.Model(images, endpoints, name=model_name)
-  x = tf_keras.layers.GlobalAveragePooling2D(name="global_pool")(x)
-  logits = tf_keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
-  return tf_keras.Model(images, logits, name=model_name)
+  return resnet.endpoints_or_classifier(images, endpoints, num_classes, model_name)
 
 
 def axial_resnet_from_options(backbone_options, batch_norm_momentum=0.99,

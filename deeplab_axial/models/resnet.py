@@ -162,9 +162,7 @@ def resnet(block_counts, num_classes=None, input_shape=None, output_stride=32, s
     x = convolutions.ConvBNReLU(64, 7, strides=2, name="stem", **bn_args)(images)
   else:
     x = convolutions.InceptionStem(name="stem", **bn_args)(images)
-  # The input is post-ReLU (>= 0), so zero padding is equivalent to PyTorch's -inf padding.
-  x = tf_keras.layers.ZeroPadding2D(1, name="stem_pool_pad")(x)
-  x = tf_keras.layers.MaxPool2D(3, strides=2, padding="valid", name="stem_pool")(x)
+  x = stem_max_pool(x)
 
   endpoints = {}
   schedule = _stage_schedule(output_stride)
@@ -178,9 +176,25 @@ def resnet(block_counts, num_classes=None, input_shape=None, output_stride=32, s
           name=f"res{stage}_block{index + 1}", **bn_args)(x)
     endpoints[f"res{stage}"] = x
 
+  return endpoints_or_classifier(images, endpoints, num_classes, name)
+
+
+def stem_max_pool(x):
+  """The stride-2 3x3 max pool after a ResNet stem (layers `stem_pool_pad`, `stem_pool`).
+
+  The input is post-ReLU (>= 0), so zero padding is equivalent to PyTorch's -inf padding.
+  """
+  x = tf_keras.layers.ZeroPadding2D(1, name="stem_pool_pad")(x)
+  return tf_keras.layers.MaxPool2D(3, strides=2, padding="valid", name="stem_pool")(x)
+
+
+def endpoints_or_classifier(images, endpoints, num_classes, name):
+  """The backbone model on `images`: its `endpoints` dict when `num_classes` is None, else
+  global pooling of `res5` and float32 logits `[batch, num_classes]` (layers
+  `global_pool`, `logits`)."""
   if num_classes is None:
     return tf_keras.Model(images, endpoints, name=name)
-  x = tf_keras.layers.GlobalAveragePooling2D(name="global_pool")(x)
+  x = tf_keras.layers.GlobalAveragePooling2D(name="global_pool")(endpoints["res5"])
   logits = tf_keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
   return tf_keras.Model(images, logits, name=name)
 
