@@ -89,6 +89,8 @@ def is_chief(strategy):
 
 def num_workers(strategy):
   """How many worker processes take part in `strategy` (1 unless multi-worker)."""
-  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
     return 1
-  return strategy.extended._num_workers  # pylint: disable=protected-access
+  jobs = resolver.cluster_spec().as_dict()
+  return max(1, len(jobs.get("chief", ())) + len(jobs.get("worker", ())))
