@@ -48,12 +48,11 @@ import tf_keras  # noqa: E402
 
 from deeplab_axial.layers import AxialAttention2D  # noqa: E402
 from deeplab_axial.layers import PositionSensitiveAxialAttention  # noqa: E402
+import reference_oracle  # noqa: E402  (benchmarks/, beside this script)
 
 CHANNELS = 32
 HEADS = 8
 SECTIONS = ("2d", "1d", "torch", "span15", "jit")
-REFERENCE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "shared", "reference")
 
 
 class DenseSelfAttention(tf_keras.layers.Layer):
@@ -132,17 +131,9 @@ def time_layer(spec, repeats, jit_compile=False):
 
 
 def time_torch_layer(length, repeats):
-  import importlib.util  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
   torch.set_num_threads(2)
-  path = os.path.join(REFERENCE_DIR, "csrhddlam")
-  spec = importlib.util.spec_from_file_location(
-      "csrhddlam_bench", os.path.join(path, "__init__.py"),
-      submodule_search_locations=[path])
-  package = importlib.util.module_from_spec(spec)
-  sys.modules["csrhddlam_bench"] = package
-  spec.loader.exec_module(package)
-  axialnet = importlib.import_module("csrhddlam_bench.axialnet")
+  axialnet = reference_oracle.load_axialnet()
   module = axialnet.AxialAttention(CHANNELS, CHANNELS, groups=HEADS, kernel_size=length,
                                    width=True).eval()
   x = torch.randn(1, CHANNELS, length, length)
@@ -255,8 +246,8 @@ def benchmark_torch(sizes, repeats):
   except ImportError:
     print("skipped: torch not installed")
     return
-  if not os.path.isfile(os.path.join(REFERENCE_DIR, "csrhddlam", "axialnet.py")):
-    print(f"skipped: {REFERENCE_DIR}/csrhddlam not found")
+  if not os.path.isfile(os.path.join(reference_oracle.CSRHDDLAM_DIR, "axialnet.py")):
+    print(f"skipped: {reference_oracle.CSRHDDLAM_DIR} not found")
     return
   print("| size | ours ms | PyTorch ms | ours/PyTorch |")
   print("|---|---|---|---|")

@@ -27,6 +27,8 @@ import os
 import subprocess
 import sys
 
+import reference_oracle  # benchmarks/, beside this script: the PyTorch axialnet oracle
+
 BACKBONES = [
     ("ResNet-50", "deeplab_axial.models.resnet", "resnet50", {}),
     ("Axial-ResNet-S", "deeplab_axial.models.axial_resnet", "axial_resnet",
@@ -38,9 +40,6 @@ BACKBONES = [
 ]
 # Axial rows take the attention span from --span (0 = global, the default at 224).
 _AXIAL_FUNCTION = "axial_resnet"
-# csrhddlam's PyTorch axialnet (test oracle) for the forward-time comparison.
-_TORCH_REFERENCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                os.pardir, "shared", "reference", "csrhddlam")
 
 
 def _measure(module_name, function_name, kwargs, size, batch, steps, span):
@@ -112,7 +111,6 @@ def _compare_axial50s_with_torch(batch, steps, size=224):
 
   The PyTorch model only runs at 224×224 (its attention lengths are fixed).
   """
-  import importlib.util  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   try:
@@ -120,20 +118,14 @@ def _compare_axial50s_with_torch(batch, steps, size=224):
   except ImportError:
     print("PyTorch comparison skipped: torch is not installed")
     return
-  if not os.path.isfile(os.path.join(_TORCH_REFERENCE, "axialnet.py")):
-    print(f"PyTorch comparison skipped: no reference at {_TORCH_REFERENCE}")
+  if not os.path.isfile(os.path.join(reference_oracle.CSRHDDLAM_DIR, "axialnet.py")):
+    print(f"PyTorch comparison skipped: no reference at {reference_oracle.CSRHDDLAM_DIR}")
     return
   # pylint: disable-next=import-outside-toplevel
   from deeplab_axial.models.axial_resnet import axial_resnet
   torch.set_num_threads(2)
   tf.config.threading.set_intra_op_parallelism_threads(2)
-  spec = importlib.util.spec_from_file_location(
-      "csrhddlam_ref", os.path.join(_TORCH_REFERENCE, "__init__.py"),
-      submodule_search_locations=[_TORCH_REFERENCE])
-  package = importlib.util.module_from_spec(spec)
-  sys.modules["csrhddlam_ref"] = package
-  spec.loader.exec_module(package)
-  reference = importlib.import_module("csrhddlam_ref.axialnet").axial50s().eval()
+  reference = reference_oracle.load_axialnet().axial50s().eval()
   model = axial_resnet("axial50s", num_classes=1000, input_shape=(size, size, 3))
   images = np.random.default_rng(0).normal(size=(batch, size, size, 3)).astype(np.float32)
   torch_images = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
