@@ -421,3 +421,23 @@ def test_batch_with_no_images_is_a_no_op():
   metric = _metric()
   metric.update_state(np.zeros((0, 4, 4), np.int32), np.zeros((0, 4, 4), np.int32))
   assert float(metric.result()["pq"]) == 0.0
+
+
+def test_official_writer_formats_ids_and_bad_format(tmp_path):
+  panoptic = np.array([[3 * DIVISOR + 1, 3 * DIVISOR + 1], [0, IGNORE * DIVISOR]])
+  label_space = {"label_divisor": DIVISOR, "ignore_label": IGNORE, "thing_class_ids": THINGS,
+                 "category_ids": [CATEGORY_MAP[c] for c in range(NUM_CLASSES)]}
+  coco = prediction_writers.official_writer("coco", str(tmp_path / "coco"), **label_space)
+  # A COCO id read as text ("139") is COCO's int id 139, file 000000000139.png.
+  annotation = coco.write("139", panoptic)
+  assert annotation["image_id"] == 139 and annotation["file_name"] == "000000000139.png"
+  assert coco.write("frame_a", panoptic)["file_name"] == "frame_a.png"
+  assert sorted(s["category_id"] for s in annotation["segments_info"]) == [7, 24]
+  cityscapes = prediction_writers.official_writer("cityscapes", str(tmp_path / "cs"),
+                                                  **label_space)
+  annotation = cityscapes.write("aachen_000000_000019", panoptic)
+  assert annotation["file_name"] == "aachen_000000_000019_panoptic.png"
+  assert sorted(s["id"] for s in annotation["segments_info"]) == [7, 24001]
+  with pytest.raises(ValueError, match=r"output_format must be one of \('coco', "
+                                       r"'cityscapes'\), got 'pascal'"):
+    prediction_writers.official_writer("pascal", str(tmp_path), **label_space)
