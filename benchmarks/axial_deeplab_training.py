@@ -22,7 +22,7 @@ import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
 
 from deeplab_axial import losses  # noqa: E402
-from deeplab_axial.models.axial_deeplab import axial_deeplab  # noqa: E402
+from deeplab_axial.models.meta.axial_deeplab import axial_deeplab  # noqa: E402
 
 
 def random_panoptic_batch(batch, size, num_classes, seed=0):

@@ -30,12 +30,12 @@ import sys
 import reference_oracle  # benchmarks/, beside this script: the PyTorch axialnet oracle
 
 BACKBONES = [
-    ("ResNet-50", "deeplab_axial.models.resnet", "resnet50", {}),
-    ("Axial-ResNet-S", "deeplab_axial.models.axial_resnet", "axial_resnet",
+    ("ResNet-50", "deeplab_axial.models.backbones.resnet", "resnet50", {}),
+    ("Axial-ResNet-S", "deeplab_axial.models.backbones.axial_resnet", "axial_resnet",
      {"name": "axial_resnet_s"}),
-    ("Axial-ResNet-M", "deeplab_axial.models.axial_resnet", "axial_resnet",
+    ("Axial-ResNet-M", "deeplab_axial.models.backbones.axial_resnet", "axial_resnet",
      {"name": "axial_resnet_m"}),
-    ("Axial-ResNet-L", "deeplab_axial.models.axial_resnet", "axial_resnet",
+    ("Axial-ResNet-L", "deeplab_axial.models.backbones.axial_resnet", "axial_resnet",
      {"name": "axial_resnet_l"}),
 ]
 # Axial rows take the attention span from --span (0 = global, the default at 224).
@@ -122,7 +122,7 @@ def _compare_axial50s_with_torch(batch, steps, size=224):
     print(f"PyTorch comparison skipped: no reference at {reference_oracle.CSRHDDLAM_DIR}")
     return
   # pylint: disable-next=import-outside-toplevel
-  from deeplab_axial.models.axial_resnet import axial_resnet
+  from deeplab_axial.models.backbones.axial_resnet import axial_resnet
   torch.set_num_threads(2)
   tf.config.threading.set_intra_op_parallelism_threads(2)
   reference = reference_oracle.load_axialnet().axial50s().eval()
@@ -146,18 +146,18 @@ def _compare_axial50s_with_torch(batch, steps, size=224):
 # (label, builder module, function, kwargs, input size, paper params, paper M-Adds) —
 # AD Tab. 1 (ImageNet, S width, papers.md §2.6) and Tab. 2 (COCO, 133 classes).
 _PAPER_ROWS = [
-    ("ResNet-50", "deeplab_axial.models.resnet", "resnet50", {"num_classes": 1000}, 224,
+    ("ResNet-50", "deeplab_axial.models.backbones.resnet", "resnet50", {"num_classes": 1000}, 224,
      25.6e6, 4.1e9),
-    ("Axial-ResNet-S conv-stem", "deeplab_axial.models.axial_resnet", "axial_resnet",
+    ("Axial-ResNet-S conv-stem", "deeplab_axial.models.backbones.axial_resnet", "axial_resnet",
      {"name": "axial_resnet_s", "num_classes": 1000}, 224, 12.4e6, 2.8e9),
-    ("Axial-ResNet-S full (m=15)", "deeplab_axial.models.axial_resnet", "axial_resnet",
+    ("Axial-ResNet-S full (m=15)", "deeplab_axial.models.backbones.axial_resnet", "axial_resnet",
      {"name": "axial_resnet_s", "num_classes": 1000, "stem": "axial", "span": 15}, 224,
      12.5e6, 3.3e9),
-    ("Axial-ResNet-M conv-stem", "deeplab_axial.models.axial_resnet", "axial_resnet",
+    ("Axial-ResNet-M conv-stem", "deeplab_axial.models.backbones.axial_resnet", "axial_resnet",
      {"name": "axial_resnet_m", "num_classes": 1000}, 224, None, None),
-    ("Axial-ResNet-L conv-stem", "deeplab_axial.models.axial_resnet", "axial_resnet",
+    ("Axial-ResNet-L conv-stem", "deeplab_axial.models.backbones.axial_resnet", "axial_resnet",
      {"name": "axial_resnet_l", "num_classes": 1000}, 224, None, None),
-    ("Axial-DeepLab-L (m=65)", "deeplab_axial.models.axial_deeplab", "axial_deeplab",
+    ("Axial-DeepLab-L (m=65)", "deeplab_axial.models.meta.axial_deeplab", "axial_deeplab",
      {"name": "axial_deeplab_l", "num_classes": 133, "span": 65}, 1025, 44.9e6, 343.9e9),
 ]
 

@@ -9,7 +9,7 @@ as a ratio to PAM measured in the same run.
 Part 2 — FastFCN's claim: ResNet-50/101 with dilation (output stride 8) + ASPP head,
 against the plain ResNet (OS 32) + JPU + the same ASPP head (DeepLabV3 rates 12, 24, 36,
 59 classes as PASCAL Context), on one 512×512 image (FastFCN's FPS protocol); both with
-`deeplab_axial.models.resnet` (the same backbone code, only `output_stride` differs).
+`deeplab_axial.models.backbones.resnet` (the same backbone code, only `output_stride` differs).
 Printed: time, memory and multiply-adds of backbone-only (dilated backbone vs plain
 backbone + JPU) and full models, and the dilated / JPU ratios.
 
@@ -49,7 +49,7 @@ def _build_segmenter(variant, backbone_name, num_classes=59):
   import tf_keras  # pylint: disable=import-outside-toplevel
   from deeplab_axial.layers import convolutions  # pylint: disable=import-outside-toplevel
   from deeplab_axial.models import context_heads  # pylint: disable=import-outside-toplevel
-  from deeplab_axial.models import resnet  # pylint: disable=import-outside-toplevel
+  from deeplab_axial.models.backbones import resnet  # pylint: disable=import-outside-toplevel
   dilated = variant.startswith("dilated")
   backbone = getattr(resnet, backbone_name)(output_stride=8 if dilated else 32)
   images = tf_keras.Input([None, None, 3])

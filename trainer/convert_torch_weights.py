@@ -36,7 +36,7 @@ def main(argv):
   del argv
   # pylint: disable=import-outside-toplevel
   import tensorflow as tf
-  from deeplab_axial.models.axial_resnet import axial_resnet_from_options
+  from deeplab_axial.models.backbones.axial_resnet import axial_resnet_from_options
   from deeplab_axial.models.torch_weights import load_axialnet_state_dict
   from deeplab_axial.models.torch_weights import read_state_dict
   from deeplab_axial.protos import experiment_pb2

@@ -26,12 +26,12 @@ under the name "backbone" so that `train.init_modules: "backbone"` can restore i
 import tf_keras
 
 from deeplab_axial.models import context_heads
-from deeplab_axial.models import resnet
+from deeplab_axial.models.backbones import resnet
 from deeplab_axial.models.gated_scnn import gated_scnn
-from deeplab_axial.models.panoptic_deeplab import PanopticDeepLabDecoder
-from deeplab_axial.models.panoptic_deeplab import PanopticHead
-from deeplab_axial.models.panoptic_deeplab import ResizeToReference
-from deeplab_axial.models.panoptic_deeplab import panoptic_deeplab
+from deeplab_axial.models.meta.panoptic_deeplab import PanopticDeepLabDecoder
+from deeplab_axial.models.meta.panoptic_deeplab import PanopticHead
+from deeplab_axial.models.meta.panoptic_deeplab import ResizeToReference
+from deeplab_axial.models.meta.panoptic_deeplab import panoptic_deeplab
 from deeplab_axial.models.segvit import segvit
 
 _RESNETS = {"resnet50": resnet.resnet50, "resnet101": resnet.resnet101}
@@ -47,7 +47,7 @@ def build_backbone(backbone_options, batch_norm_momentum=0.99, batch_norm_epsilo
                           batch_norm_epsilon=batch_norm_epsilon)
   if name.startswith("axial"):
     # Imported from its module: the package exports a function named `axial_resnet`.
-    from deeplab_axial.models.axial_resnet import axial_resnet_from_options  # pylint: disable=import-outside-toplevel
+    from deeplab_axial.models.backbones.axial_resnet import axial_resnet_from_options  # pylint: disable=import-outside-toplevel
     return axial_resnet_from_options(
         backbone_options, batch_norm_momentum=batch_norm_momentum,
         batch_norm_epsilon=batch_norm_epsilon)

@@ -23,9 +23,8 @@ from deeplab_axial.layers import convolutions
 from deeplab_axial.layers import danet
 from deeplab_axial.layers import isa
 from deeplab_axial.layers import jpu
-# The package exports a function named `panoptic_deeplab`, which shadows the module.
-from deeplab_axial.models.panoptic_deeplab import ResizeToReference
-from deeplab_axial.models.panoptic_deeplab import backbone_endpoints
+from deeplab_axial.models.meta.panoptic_deeplab import ResizeToReference
+from deeplab_axial.models.meta.panoptic_deeplab import backbone_endpoints
 
 
 def _check_num_classes(num_classes):

@@ -8,7 +8,7 @@ import textwrap
 import numpy as np
 import tf_keras
 
-from deeplab_axial.models import panoptic_deeplab  # the function (the package re-exports it)
+from deeplab_axial.models import panoptic_deeplab
 
 # Post-processing settings of every export here: small enough for tiny images.
 POST_PROCESSING = {"top_k": 16, "stuff_area": 20, "center_threshold": 0.05, "nms_kernel": 3}

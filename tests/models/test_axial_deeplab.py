@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deeplab_axial.models.axial_deeplab import axial_deeplab
+from deeplab_axial.models.meta.axial_deeplab import axial_deeplab
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

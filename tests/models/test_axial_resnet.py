@@ -5,9 +5,9 @@ import tensorflow as tf
 import tf_keras
 
 from deeplab_axial.layers.axial_blocks import AxialBlock
-from deeplab_axial.models.axial_resnet import STEM_SPAN
-from deeplab_axial.models.axial_resnet import axial_resnet
-from deeplab_axial.models.axial_resnet import axial_resnet_from_options
+from deeplab_axial.models.backbones.axial_resnet import STEM_SPAN
+from deeplab_axial.models.backbones.axial_resnet import axial_resnet
+from deeplab_axial.models.backbones.axial_resnet import axial_resnet_from_options
 from deeplab_axial.protos import experiment_pb2
 
 # csrhddlam/axial-deeplab at 224x224 with 1000 classes (shared/reference/csrhddlam/NOTE.md).

@@ -167,7 +167,6 @@ def test_segvit_position_grid_follows_the_training_crop():
 
 @pytest.mark.slow
 def test_axial_backbone_semantic_model():
-  pytest.importorskip("deeplab_axial.models.axial_resnet")
   config = config_lib.parse_config("""
       model { meta_architecture: "semantic"
               backbone { name: "axial26s" width_multiplier: 0.125 output_stride: 16 }

@@ -1,12 +1,11 @@
 """Tests for count_multiply_adds against hand-computed formulas."""
-import importlib
-
 import pytest
 import tensorflow as tf
 import tf_keras
 
 from deeplab_axial.models import count_multiply_adds
-from deeplab_axial.models import resnet
+from deeplab_axial.models.backbones import resnet
+from deeplab_axial.models.meta import panoptic_deeplab
 
 
 def test_builtin_layers_match_hand_formulas():
@@ -113,7 +112,6 @@ def test_resnet50_at_224_matches_hand_count():
 
 
 def test_panoptic_decoder_inside_nested_models():
-  panoptic_deeplab = importlib.import_module("deeplab_axial.models.panoptic_deeplab")
   images = tf_keras.Input((None, None, 3))
   res2 = tf_keras.layers.Conv2D(8, 3, strides=4, padding="same")(images)
   res3 = tf_keras.layers.Conv2D(12, 3, strides=2, padding="same")(res2)

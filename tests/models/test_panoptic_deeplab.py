@@ -1,5 +1,4 @@
 """Tests for the Panoptic-DeepLab decoders, heads and model."""
-import importlib
 import os
 
 import numpy as np
@@ -7,8 +6,7 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-# The package exports the `panoptic_deeplab` function under the module's name.
-panoptic_deeplab = importlib.import_module("deeplab_axial.models.panoptic_deeplab")
+from deeplab_axial.models.meta import panoptic_deeplab
 
 _NUM_CLASSES = 5
 

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from deeplab_axial.models import resnet
+from deeplab_axial.models.backbones import resnet
 
 # torchvision's published counts (trainable parameters, 1000 classes).
 _RESNET50_PARAMETERS = 25_557_032

@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from deeplab_axial.models.axial_resnet import axial_resnet
-from deeplab_axial.models.axial_resnet import axial_resnet_from_options
+from deeplab_axial.models.backbones.axial_resnet import axial_resnet
+from deeplab_axial.models.backbones.axial_resnet import axial_resnet_from_options
 from deeplab_axial.models import torch_weights
 
 _SIZE = 224

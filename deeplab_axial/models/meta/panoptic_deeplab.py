@@ -14,7 +14,7 @@ import tensorflow as tf
 import tf_keras
 
 from deeplab_axial.layers import convolutions
-from deeplab_axial.models import resnet
+from deeplab_axial.models.backbones import resnet
 
 _PACKAGE = "deeplab_axial"
 

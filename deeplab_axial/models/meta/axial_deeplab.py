@@ -6,10 +6,9 @@ its resolution; attention needs no dilation), no ASPP (a 1×1 conv + BN + ReLU t
 both decoders, papers.md §2.5) and Panoptic-DeepLab's dual decoders and heads.
 `"panoptic_deeplab_resnet50"` is the ResNet-50 + ASPP baseline of the same API.
 """
-from deeplab_axial.models.axial_resnet import axial_resnet
-# The package exports functions named like their modules: import the functions.
-from deeplab_axial.models.panoptic_deeplab import panoptic_deeplab
-from deeplab_axial.models.panoptic_deeplab import panoptic_deeplab_resnet50
+from deeplab_axial.models.backbones.axial_resnet import axial_resnet
+from deeplab_axial.models.meta.panoptic_deeplab import panoptic_deeplab
+from deeplab_axial.models.meta.panoptic_deeplab import panoptic_deeplab_resnet50
 
 _BACKBONES = {
     "axial_deeplab_s": "axial_resnet_s",

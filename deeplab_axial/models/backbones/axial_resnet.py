@@ -38,7 +38,7 @@ import tf_keras
 from deeplab_axial.layers import axial_attention
 from deeplab_axial.layers import axial_blocks
 from deeplab_axial.layers import convolutions
-from deeplab_axial.models import resnet
+from deeplab_axial.models.backbones import resnet
 
 _Variant = collections.namedtuple(
     "_Variant", ["block_counts", "width_multiplier", "official"])
