@@ -147,7 +147,8 @@ def build_gated_scnn(model_options, num_classes):
       shape_stream_filters=tuple(options.shape_stream_filters),
       aspp_filters=options.aspp_filters, atrous_rates=tuple(options.atrous_rates),
       decoder_filters=options.decoder_filters, low_level_filters=options.low_level_filters,
-      normalize_input=False, name=f"{backbone.name}_gated_scnn")
+      dropout=model_options.context_head.dropout, normalize_input=False,
+      name=f"{backbone.name}_gated_scnn", **_batch_norm_args(model_options))
 
 
 def build_segvit(model_options, num_classes, crop_size):

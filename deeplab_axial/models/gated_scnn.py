@@ -2,7 +2,7 @@
 
   images [0, 255] ─ normalize ─ backbone ─ res2..res5
   ShapeStream(image, res2..res5) → boundary_logits, fused_boundary
-  GatedScnnFusion(res5, fused_boundary) (ASPP + boundary branch)
+  GatedScnnFusion(res5, fused_boundary) (ASPP + boundary branch) → dropout
   GatedScnnDecoder(aspp, res2) → semantic_logits
 
 The released model uses a WideResNet-38 at output stride 8 (ASPP rates 12, 24, 36) and a
@@ -26,8 +26,9 @@ def gated_scnn(backbone: Union[tf_keras.Model, Callable], num_classes: int,
                shape_stream_filters: Sequence[int] = (32, 16, 8),
                shape_stream_stem_filters: int = 64, aspp_filters: int = 256,
                atrous_rates: Sequence[int] = (6, 12, 18), decoder_filters: int = 256,
-               low_level_filters: int = 48, normalize_input: bool = True,
-               name: str = "gated_scnn") -> tf_keras.Model:
+               low_level_filters: int = 48, dropout: float = 0.0,
+               batch_norm_momentum: float = 0.9, batch_norm_epsilon: float = 1e-5,
+               normalize_input: bool = True, name: str = "gated_scnn") -> tf_keras.Model:
   """Builds Gated-SCNN around `backbone`.
 
   Args:
@@ -38,6 +39,10 @@ def gated_scnn(backbone: Union[tf_keras.Model, Callable], num_classes: int,
     shape_stream_filters, shape_stream_stem_filters: `ShapeStream` widths.
     aspp_filters, atrous_rates: `GatedScnnFusion` settings ((12, 24, 36) at stride 8).
     decoder_filters, low_level_filters: `GatedScnnDecoder` widths.
+    dropout: dropout rate on the fused ASPP features before the decoder (layer
+      `aspp_dropout`; DeepLab's ASPP dropout). 0 = none, as the released model.
+    batch_norm_momentum, batch_norm_epsilon: every BatchNormalization of the shape
+      stream, fusion and decoder (PyTorch's 0.1 momentum and 1e-5 by default).
     normalize_input: subtract the ImageNet mean and divide by its std before the backbone
       (the shape stream's image gradient always uses the raw image).
     name: model name.
@@ -61,13 +66,18 @@ def gated_scnn(backbone: Union[tf_keras.Model, Callable], num_classes: int,
     found = sorted(endpoints) if isinstance(endpoints, dict) else type(endpoints).__name__
     raise ValueError(f"backbone must return a dict with keys res2, res3, res4, res5; got "
                      f"{found}")
+  bn_args = {"batch_norm_momentum": batch_norm_momentum,
+             "batch_norm_epsilon": batch_norm_epsilon}
   shape = gscnn_layers.ShapeStream(
       filters=tuple(shape_stream_filters), stem_filters=shape_stream_stem_filters,
-      name="shape_stream")({"image": images, **{k: endpoints[k] for k in _ENDPOINTS}})
-  aspp = gscnn_layers.GatedScnnFusion(aspp_filters, tuple(atrous_rates), name="aspp")(
-      [endpoints["res5"], shape["fused_boundary"]])
+      name="shape_stream", **bn_args)(
+          {"image": images, **{k: endpoints[k] for k in _ENDPOINTS}})
+  aspp = gscnn_layers.GatedScnnFusion(aspp_filters, tuple(atrous_rates), name="aspp",
+                                      **bn_args)([endpoints["res5"], shape["fused_boundary"]])
+  if dropout:
+    aspp = tf_keras.layers.Dropout(dropout, name="aspp_dropout")(aspp)
   semantic_logits = gscnn_layers.GatedScnnDecoder(
-      num_classes, decoder_filters, low_level_filters, name="decoder")(
+      num_classes, decoder_filters, low_level_filters, name="decoder", **bn_args)(
           [aspp, endpoints["res2"], images])
   return tf_keras.Model(images, {"semantic_logits": semantic_logits,
                                  "boundary_logits": shape["boundary_logits"]}, name=name)

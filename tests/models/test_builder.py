@@ -175,3 +175,18 @@ def test_axial_backbone_semantic_model():
   model = builder.build_model(config, _SHAPES)
   assert model(tf.zeros([1, 33, 33, 3]))["semantic_logits"].shape == (1, 33, 33, 6)
   assert builder.find_backbone(model) is not None
+
+
+@pytest.mark.parametrize("head", ["danet", "isa", "jpu", "gated_scnn"])
+def test_heads_use_the_configured_batch_norm_and_dropout(tiny_backbone, head):
+  del tiny_backbone
+  output_stride, body, extra, _ = _HEADS[head]
+  config = _semantic_config(head, output_stride, f"dropout: 0.35 {body}",
+                            f"{extra} batch_norm_momentum: 0.77 batch_norm_epsilon: 0.0021")
+  model = builder.build_model(config, _SHAPES)
+  norms = [m for m in model.submodules if isinstance(m, tf_keras.layers.BatchNormalization)]
+  dropouts = [m for m in model.submodules if isinstance(m, tf_keras.layers.Dropout)]
+  assert norms and dropouts
+  assert [(n.momentum, n.epsilon) for n in norms] == [
+      (pytest.approx(0.77), pytest.approx(0.0021))] * len(norms)
+  assert [d.rate for d in dropouts] == [pytest.approx(0.35)] * len(dropouts)
