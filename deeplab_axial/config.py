@@ -27,13 +27,13 @@ import warnings
 from google.protobuf import descriptor_pool
 from google.protobuf import text_format
 
+from deeplab_axial.models import catalogue
 from deeplab_axial.protos import experiment_pb2
 
 ExperimentOptions = experiment_pb2.ExperimentOptions
 
-BACKBONES = ("axial_resnet_s", "axial_resnet_m", "axial_resnet_l", "axial_resnet_xl",
-             "axial26s", "axial50s", "axial50m", "axial50l", "resnet50", "resnet101",
-             "vit_tiny", "vit_small", "vit_base")
+# The model catalogue's backbone presets (deeplab_axial.models.catalogue).
+BACKBONES = catalogue.names()
 META_ARCHITECTURES = ("panoptic_deeplab", "semantic", "classification")
 CONTEXT_HEADS = ("none", "danet", "isa", "jpu", "gated_scnn", "segvit")
 OPTIMIZERS = ("sgd", "adam", "adamw", "radam")
@@ -46,7 +46,7 @@ DEFAULT_EVAL_METRICS = {"panoptic_deeplab": ("pq", "miou"), "semantic": ("miou",
 
 _CHOICES = {
     "model.backbone.name": BACKBONES,
-    "model.backbone.stem": ("conv", "inception", "axial"),
+    "model.backbone.stem": catalogue.STEMS,
     "model.meta_architecture": META_ARCHITECTURES,
     "model.context_head.type": CONTEXT_HEADS,
     "model.context_head.danet.channel_attention_mode": ("official", "paper"),
@@ -379,7 +379,8 @@ class _Validator:
     self.positive("model.backbone.num_heads", "model.batch_norm_epsilon")
     self.fraction("model.batch_norm_momentum")
     self.fraction("model.classifier_dropout")
-    is_vit = c.backbone.name.startswith("vit_")
+    self._global_span_fits()
+    is_vit = self._backbone_family() == "vit"
     if is_vit != (c.context_head.type == "segvit") and c.backbone.name in BACKBONES:
       self.error("model.backbone.name", "ViT backbones (vit_*) go with context_head.type "
                  "'segvit' and segvit needs a ViT backbone")
@@ -425,13 +426,33 @@ class _Validator:
       self.non_negative("model.context_head.segvit.head_hidden_size",
                         "model.context_head.segvit.head_num_heads")
 
+  def _backbone_family(self):
+    name = self._config.model.backbone.name
+    return catalogue.backbone(name).family if name in BACKBONES else None
+
+  def _global_span_fits(self):
+    """Global-span tables hold every explicit crop (the builder re-checks the dataset's
+    eval crop when eval.crop_size is empty)."""
+    c = self._config
+    scale = max(list(c.eval.scales) or [1.0])
+    sizes = {"dataset.crop_size": list(c.dataset.crop_size),
+             "export.crop_size": list(c.export.crop_size)}
+    if c.eval.crop_size:
+      sizes["eval.crop_size" + (f" x eval.scales {scale}" if scale != 1.0 else "")] = [
+          int(round(side * scale)) for side in c.eval.crop_size]
+    problem = catalogue.global_span_problem(
+        c.model.backbone.name, c.model.backbone.stem, c.model.backbone.span,
+        {field: size for field, size in sizes.items() if len(size) == 2})
+    if problem:
+      self.error("model.backbone.span", problem)
+
   def _crop(self, path, allow_empty):
     self.int_list(path, length=2, allow_empty=allow_empty)
     stride = self._config.model.backbone.output_stride
     sizes = self._value(path)
     # ViTs (SegViT) have no align-corners decoder; their crops are patch multiples.
     if (self._config.model.meta_architecture != "classification" and len(sizes) == 2 and
-        not self._config.model.backbone.name.startswith("vit_") and
+        self._backbone_family() != "vit" and
         stride in (8, 16, 32) and any(s > 0 and (s - 1) % stride for s in sizes)):
       advice = [max(1, round((s - 1) / stride)) * stride + 1 for s in sizes]
       self.warn(path, f"sizes of the form k * output_stride + 1 keep align-corners "

@@ -25,7 +25,9 @@ under the name "backbone" so that `train.init_modules: "backbone"` can restore i
 """
 import tf_keras
 
+from deeplab_axial.models import catalogue
 from deeplab_axial.models import context_heads
+from deeplab_axial.models.backbones import axial_resnet
 from deeplab_axial.models.backbones import resnet
 from deeplab_axial.models.gated_scnn import gated_scnn
 from deeplab_axial.models.meta.panoptic_deeplab import PanopticDeepLabDecoder
@@ -34,31 +36,32 @@ from deeplab_axial.models.meta.panoptic_deeplab import ResizeToReference
 from deeplab_axial.models.meta.panoptic_deeplab import panoptic_deeplab
 from deeplab_axial.models.segvit import segvit
 
-_RESNETS = {"resnet50": resnet.resnet50, "resnet101": resnet.resnet101}
 _SEGVIT_PATCH_SIZE = 16
 
 
-def build_backbone(backbone_options, batch_norm_momentum=0.99, batch_norm_epsilon=1e-3):
-  """The endpoint backbone (`res2..res5` dict) named by `model.backbone`."""
+def build_backbone(backbone_options, batch_norm_momentum=None, batch_norm_epsilon=None):
+  """The endpoint backbone (`res2..res5` dict) named by `model.backbone`.
+
+  BatchNorm values of None take the catalogue preset's defaults.
+  """
   name = backbone_options.name
-  if name in _RESNETS:
-    return _RESNETS[name](output_stride=backbone_options.output_stride,
-                          stem=backbone_options.stem, batch_norm_momentum=batch_norm_momentum,
-                          batch_norm_epsilon=batch_norm_epsilon)
-  if name.startswith("axial"):
-    # Imported from its module: the package exports a function named `axial_resnet`.
-    from deeplab_axial.models.backbones.axial_resnet import axial_resnet_from_options  # pylint: disable=import-outside-toplevel
-    return axial_resnet_from_options(
+  family = catalogue.backbone(name).family
+  if family == "resnet":
+    return resnet.resnet_preset(name, output_stride=backbone_options.output_stride,
+                                stem=backbone_options.stem,
+                                batch_norm_momentum=batch_norm_momentum,
+                                batch_norm_epsilon=batch_norm_epsilon)
+  if family == "axial_resnet":
+    return axial_resnet.axial_resnet_from_options(
         backbone_options, batch_norm_momentum=batch_norm_momentum,
         batch_norm_epsilon=batch_norm_epsilon)
-  raise ValueError(f"model.backbone.name {name!r} has no res2..res5 endpoints; expected "
-                   "resnet50, resnet101 or an axial_* / axial26s/50* variant (ViT backbones "
-                   "go with model.context_head.type 'segvit')")
+  raise ValueError(f"model.backbone.name {name!r} has no res2..res5 endpoints; expected one "
+                   f"of {', '.join(catalogue.names('resnet') + catalogue.names('axial_resnet'))}"
+                   " (ViT backbones go with model.context_head.type 'segvit')")
 
 
 def _backbone_of(model_options):
-  return build_backbone(model_options.backbone, model_options.batch_norm_momentum,
-                        model_options.batch_norm_epsilon)
+  return build_backbone(model_options.backbone, **_batch_norm_args(model_options))
 
 
 def _normalization():
@@ -66,8 +69,43 @@ def _normalization():
 
 
 def _batch_norm_args(model_options):
-  return {"batch_norm_momentum": model_options.batch_norm_momentum,
-          "batch_norm_epsilon": model_options.batch_norm_epsilon}
+  """`model.batch_norm_momentum/epsilon` where set, else the backbone preset's defaults."""
+  return catalogue.batch_norm(
+      model_options.backbone.name,
+      model_options.batch_norm_momentum if model_options.HasField("batch_norm_momentum")
+      else None,
+      model_options.batch_norm_epsilon if model_options.HasField("batch_norm_epsilon")
+      else None)
+
+
+def input_sizes(experiment_config, dataset_info):
+  """Every input size the model of a config sees, by the field it comes from.
+
+  Returns:
+    A dict "dataset.crop_size" → (height, width), plus the evaluation crop (the config's
+    or the dataset's) scaled by the largest `eval.scales`, and `export.crop_size` if set.
+  """
+  sizes = {"dataset.crop_size": tuple(experiment_config.dataset.crop_size)}
+  eval_crop = tuple(experiment_config.eval.crop_size) or dataset_info.eval_crop_size
+  if eval_crop:
+    scale = max(list(experiment_config.eval.scales) or [1.0])
+    field = "eval.crop_size" if experiment_config.eval.crop_size else (
+        f"the {dataset_info.name} eval crop")
+    if scale != 1.0:
+      field += f" x eval.scales {scale}"
+    sizes[field] = tuple(int(round(side * scale)) for side in eval_crop)
+  if experiment_config.export.crop_size:
+    sizes["export.crop_size"] = tuple(experiment_config.export.crop_size)
+  return sizes
+
+
+def check_input_sizes(experiment_config, dataset_info):
+  """Raises ValueError when a global-span backbone cannot hold an input of the config."""
+  backbone = experiment_config.model.backbone
+  problem = catalogue.global_span_problem(backbone.name, backbone.stem, backbone.span,
+                                          input_sizes(experiment_config, dataset_info))
+  if problem:
+    raise ValueError(f"model.backbone.span = 0: {problem}")
 
 
 def _decoder_args(model_options):
@@ -212,8 +250,8 @@ def build_model(experiment_config, dataset_info):
     A `tf_keras.Model` on float32 images `[b, h, w, 3]` in [0, 255] (see module doc).
 
   Raises:
-    ValueError: an unknown meta-architecture, context head or backbone, or a dataset of
-      the wrong task.
+    ValueError: an unknown meta-architecture, context head or backbone, a dataset of the
+      wrong task, or a global-span backbone too short for the train/eval/export crop.
   """
   model_options = experiment_config.model
   meta = model_options.meta_architecture
@@ -221,6 +259,7 @@ def build_model(experiment_config, dataset_info):
   if dataset_info.task != expected_task:
     raise ValueError(f"model.meta_architecture {meta!r} needs a {expected_task} dataset; "
                      f"dataset.name {dataset_info.name!r} is a {dataset_info.task} dataset")
+  check_input_sizes(experiment_config, dataset_info)
   num_classes = dataset_info.num_classes
   if meta == "panoptic_deeplab":
     return build_panoptic_deeplab(model_options, num_classes)

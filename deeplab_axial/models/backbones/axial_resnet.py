@@ -5,22 +5,11 @@ position-sensitive axial attention (`AxialBlock`, expansion 2). Stage widths (at
 value depth) are 128, 256, 512, 1024 times the width multiplier; block outputs are twice
 that.
 
-Variants (`name`):
-
-| name             | blocks       | width | stride placement | global-span tables          |
-|------------------|--------------|-------|------------------|-----------------------------|
-| axial26s         | 1, 2, 4, 1   | 0.5   | after_width (PT) | 2k−1 rows, k = feature size |
-| axial50s/m/l     | 3, 4, 6, 3   | 0.5 / 0.75 / 1 | after_width | 2k−1 rows           |
-| axial_resnet_s/m/l/xl | 3, 4, 6, 3 | 0.5 / 0.75 / 1 / 2 | per_axis (paper) | 509 rows (max 255) |
-
-* `axial26s`, `axial50*` reproduce csrhddlam's PyTorch `AxialAttentionNet` layer for layer
-  (same parameter count; `torch_weights.load_axialnet_state_dict` ports its weights). Its
-  attention tables are sized to the feature length at each block (PT `kernel_size`),
-  which is why global span needs a static `input_shape` for these variants.
-* `axial_resnet_*` follow the paper: striding right after each axis's attention (AD §3.2)
-  and global-span tables covering axes up to 255 positions (DeepLab2's MAX_SPAN; the
-  paper's Tab. 1 parameter counts include such tables, papers.md §2.6), so any input
-  whose feature maps are at most 255 long works with the same weights.
+Presets (`name`), their layout ("official" csrhddlam vs "paper"), widths and default
+BatchNorm values are listed in `deeplab_axial.models.catalogue`, the one home of presets.
+Global-span tables: the official presets built at a static `input_shape` get 2k−1 rows for
+the feature length k each block sees (csrhddlam's `kernel_size`); otherwise every
+global-span table covers `catalogue.MAX_GLOBAL_LENGTH` (255) positions.
 
 Stems (`stem`): "conv" — 7×7/2 conv (64 × width channels) + BN + ReLU + 3×3/2 max-pool
 (Conv-Stem Axial-ResNet); "inception" — Panoptic-DeepLab's 3×3 convs 64-64-128 (first
@@ -31,34 +20,17 @@ stride 2, local span `stem_span` (m = 15, AD §4.1), after which stage 2 strides
 Layer names: `stem` (+ `stem_pool_pad`, `stem_pool`) or `stem_block1..3`; blocks
 `res{stage}_block{index}` (stage 2..5, index from 1); classifier `logits`.
 """
-import collections
-
 import tf_keras
 
 from deeplab_axial.layers import axial_attention
 from deeplab_axial.layers import axial_blocks
 from deeplab_axial.layers import convolutions
+from deeplab_axial.models import catalogue
 from deeplab_axial.models.backbones import resnet
 
-_Variant = collections.namedtuple(
-    "_Variant", ["block_counts", "width_multiplier", "official"])
-
-_VARIANTS = {
-    "axial26s": _Variant((1, 2, 4, 1), 0.5, True),
-    "axial50s": _Variant((3, 4, 6, 3), 0.5, True),
-    "axial50m": _Variant((3, 4, 6, 3), 0.75, True),
-    "axial50l": _Variant((3, 4, 6, 3), 1.0, True),
-    "axial_resnet_s": _Variant((3, 4, 6, 3), 0.5, False),
-    "axial_resnet_m": _Variant((3, 4, 6, 3), 0.75, False),
-    "axial_resnet_l": _Variant((3, 4, 6, 3), 1.0, False),
-    "axial_resnet_xl": _Variant((3, 4, 6, 3), 2.0, False),
-}
-VARIANTS = tuple(_VARIANTS)
-STEMS = ("conv", "inception", "axial")
-# Longest axis of the paper variants' global-span tables (2 * 255 - 1 = 509 rows), as
-# DeepLab2's MAX_SPAN.
-PAPER_MAX_GLOBAL_LENGTH = 255
-STEM_SPAN = 15
+VARIANTS = catalogue.names("axial_resnet")
+STEMS = catalogue.STEMS
+STEM_SPAN = catalogue.STEM_SPAN
 _STAGE_WIDTHS = (128, 256, 512, 1024)
 _EXPANSION = 2
 
@@ -82,7 +54,8 @@ class _TableLengths:
   """Tracks the static feature size to size each block's global-span tables.
 
   With `max_global_length=None`, a global-span block gets tables for exactly the longest
-  axis it sees (the official `kernel_size`); otherwise every block gets that fixed length.
+  axis it sees at the static input size (the official `kernel_size`); otherwise every
+  block gets that fixed length.
   """
 
   def __init__(self, input_shape, max_global_length, name):
@@ -99,27 +72,24 @@ class _TableLengths:
     if self.fixed is not None:
       return self.fixed
     if self.height is None or self.width is None:
-      raise ValueError(
-          f"{self.name}: global span (span=None) sizes each attention table to the feature "
-          "length (as the official model), so it needs a static `input_shape` "
-          "(height, width, 3); got unknown sizes. Pass `input_shape`, a fixed "
-          "`max_global_length`, or a local `span` (e.g. 65) for any input size.")
+      return catalogue.MAX_GLOBAL_LENGTH
     return max(self.height, self.width)
 
 
 def axial_resnet(name, num_classes=None, input_shape=None, span=None, stem="conv",
                  output_stride=32, width_multiplier=None, num_heads=8, *,
-                 stem_span=STEM_SPAN, stride_placement=None, max_global_length=None,
-                 zero_init_residual=True, batch_norm_momentum=0.9, batch_norm_epsilon=1e-5,
+                 stem_span=STEM_SPAN, max_global_length=None, zero_init_residual=True,
+                 batch_norm_momentum=None, batch_norm_epsilon=None,
                  synchronized_batch_norm=False, model_name=None):
-  """Builds an Axial-ResNet (see the module docstring for the variants).
+  """Builds an Axial-ResNet preset of `deeplab_axial.models.catalogue`.
 
   Args:
-    name: one of `VARIANTS`.
+    name: an Axial-ResNet preset (`VARIANTS`): `axial_resnet_{s,m,l,xl}` (paper layout)
+      or csrhddlam's `axial26s, axial50s, axial50m, axial50l` (official layout).
     num_classes: None returns the endpoints dict; an int adds global average pooling and
       a dense classifier returning float32 logits `[batch, num_classes]`.
-    input_shape: `(height, width, 3)`; None entries accept any size. The official variants
-      with global span need it static (their tables are sized to the feature length).
+    input_shape: `(height, width, 3)`; None entries accept any size. A static size gives
+      the official presets' global-span tables exactly the feature lengths.
     span: None for global attention, or an odd int m (local m-position window; any input
       size, O(length · m) memory) in every residual block.
     stem: "conv", "inception" or "axial" (see the module docstring).
@@ -128,13 +98,12 @@ def axial_resnet(name, num_classes=None, input_shape=None, span=None, stem="conv
     width_multiplier: overrides the variant's width (None = variant default).
     num_heads: attention heads per axial layer (8 in the paper).
     stem_span: span of the axial stem's blocks (only for `stem="axial"`).
-    stride_placement: "after_width" (official PyTorch) or "per_axis" (paper); None = the
-      variant's default.
-    max_global_length: global-span table size: None = the variant default (official: the
-      static feature length at each block; paper: 255); an int fixes it for every layer.
+    max_global_length: global-span table size: None = the layout's (official at a static
+      input size: the feature length at each block; else 255); an int fixes it for every
+      layer.
     zero_init_residual: initialize each block's last BN scale to 0.
-    batch_norm_momentum, batch_norm_epsilon: every BatchNormalization (defaults are
-      PyTorch's 0.1 momentum and 1e-5).
+    batch_norm_momentum, batch_norm_epsilon: every BatchNormalization; None = the
+      preset's (official: PyTorch's 0.9 / 1e-5; paper: DeepLab2's 0.99 / 1e-3).
     synchronized_batch_norm: synchronize batch statistics across replicas.
     model_name: the Keras model name (default `name`).
 
@@ -146,9 +115,9 @@ def axial_resnet(name, num_classes=None, input_shape=None, span=None, stem="conv
 
   Raises:
     ValueError: on an unknown name/stem, a bad span, output stride, class count or input
-      shape, or global span without the static sizes it needs.
+      shape.
   """
-  if name not in _VARIANTS:
+  if name not in VARIANTS:
     raise ValueError(f"`name` must be one of {VARIANTS}, got {name!r}.")
   if stem not in STEMS:
     raise ValueError(f"`stem` must be one of {STEMS}, got {stem!r}.")
@@ -162,22 +131,19 @@ def axial_resnet(name, num_classes=None, input_shape=None, span=None, stem="conv
   input_shape = (None, None, 3) if input_shape is None else tuple(input_shape)
   if len(input_shape) != 3 or input_shape[-1] != 3:
     raise ValueError(f"`input_shape` must be (height, width, 3), got {input_shape!r}.")
-  variant = _VARIANTS[name]
-  width = variant.width_multiplier if width_multiplier is None else width_multiplier
+  preset = catalogue.backbone(name)
+  width = preset.width_multiplier if width_multiplier is None else width_multiplier
   if not width > 0:
     raise ValueError(f"`width_multiplier` must be > 0, got {width_multiplier!r}.")
-  if stride_placement is None:
-    stride_placement = "after_width" if variant.official else "per_axis"
-  if max_global_length is None and not variant.official:
-    max_global_length = PAPER_MAX_GLOBAL_LENGTH
+  if max_global_length is None and preset.layout == "paper":
+    max_global_length = catalogue.MAX_GLOBAL_LENGTH
   model_name = model_name or name
 
   lengths = _TableLengths(input_shape, max_global_length, model_name)
-  bn_args = {"batch_norm_momentum": batch_norm_momentum,
-             "batch_norm_epsilon": batch_norm_epsilon}
+  bn_args = catalogue.batch_norm(name, batch_norm_momentum, batch_norm_epsilon)
   block_args = dict(num_heads=num_heads, expansion=_EXPANSION,
                     zero_init_residual=zero_init_residual,
-                    stride_placement=stride_placement,
+                    stride_placement=preset.stride_placement,
                     synchronized_batch_norm=synchronized_batch_norm, **bn_args)
 
   def block(x, filters, block_span, strides, block_name):
@@ -207,7 +173,7 @@ def axial_resnet(name, num_classes=None, input_shape=None, span=None, stem="conv
     current_stride, first_stage_stride = 4, 1
 
   endpoints = {}
-  for stage, (stage_width, blocks) in enumerate(zip(_STAGE_WIDTHS, variant.block_counts),
+  for stage, (stage_width, blocks) in enumerate(zip(_STAGE_WIDTHS, preset.block_counts),
                                                 start=2):
     stride = first_stage_stride if stage == 2 else 2
     if current_stride * stride > output_stride:
@@ -221,19 +187,18 @@ def axial_resnet(name, num_classes=None, input_shape=None, span=None, stem="conv
   return resnet.endpoints_or_classifier(images, endpoints, num_classes, model_name)
 
 
-def axial_resnet_from_options(backbone_options, batch_norm_momentum=0.99,
-                              batch_norm_epsilon=1e-3, input_shape=None, num_classes=None,
+def axial_resnet_from_options(backbone_options, batch_norm_momentum=None,
+                              batch_norm_epsilon=None, input_shape=None, num_classes=None,
                               synchronized_batch_norm=False):
   """The Axial-ResNet named by a `BackboneOptions` proto (see experiment.proto).
 
-  `span: 0` means global. Without a static `input_shape`, global-span tables get a fixed
-  size covering axes up to `PAPER_MAX_GLOBAL_LENGTH` (255) positions for every variant, so
-  that training and evaluation crops may differ; pass `input_shape` to size the official
-  variants' tables exactly as csrhddlam's (needed to load its weights unchanged).
+  `span: 0` means global; `width_multiplier: 0` the preset's width. Exactly
+  `axial_resnet` with the same values, so a preset is the same model from a config and
+  from Python (see `deeplab_axial.models.catalogue`).
 
   Args:
     backbone_options: a `deeplab_axial.BackboneOptions` message.
-    batch_norm_momentum, batch_norm_epsilon: BatchNormalization hyper-parameters.
+    batch_norm_momentum, batch_norm_epsilon: BatchNormalization values; None = the preset's.
     input_shape: optional `(height, width, 3)`.
     num_classes: None (endpoints) or classifier classes.
     synchronized_batch_norm: synchronize batch statistics across replicas.
@@ -241,15 +206,11 @@ def axial_resnet_from_options(backbone_options, batch_norm_momentum=0.99,
   Returns:
     The `tf_keras.Model` of `axial_resnet`.
   """
-  span = backbone_options.span or None
-  static = input_shape is not None and None not in tuple(input_shape)[:2]
-  max_global_length = None
-  if span is None and not static:
-    max_global_length = PAPER_MAX_GLOBAL_LENGTH
   return axial_resnet(
-      backbone_options.name, num_classes=num_classes, input_shape=input_shape, span=span,
-      stem=backbone_options.stem, output_stride=backbone_options.output_stride,
+      backbone_options.name, num_classes=num_classes, input_shape=input_shape,
+      span=backbone_options.span or None, stem=backbone_options.stem,
+      output_stride=backbone_options.output_stride,
       width_multiplier=backbone_options.width_multiplier or None,
-      num_heads=backbone_options.num_heads, max_global_length=max_global_length,
-      batch_norm_momentum=batch_norm_momentum, batch_norm_epsilon=batch_norm_epsilon,
+      num_heads=backbone_options.num_heads, batch_norm_momentum=batch_norm_momentum,
+      batch_norm_epsilon=batch_norm_epsilon,
       synchronized_batch_norm=synchronized_batch_norm)

@@ -13,6 +13,7 @@ import tensorflow as tf
 import tf_keras
 
 from deeplab_axial.layers import convolutions
+from deeplab_axial.models import catalogue
 
 _STAGE_WIDTHS = (64, 128, 256, 512)
 _EXPANSION = 4
@@ -199,13 +200,25 @@ def endpoints_or_classifier(images, endpoints, num_classes, name):
   return tf_keras.Model(images, logits, name=name)
 
 
+def resnet_preset(preset_name, num_classes=None, input_shape=None, output_stride=32, *,
+                  batch_norm_momentum=None, batch_norm_epsilon=None, **kwargs):
+  """The ResNet preset `preset_name` of `deeplab_axial.models.catalogue` (blocks and
+  BatchNorm defaults: DeepLab2's momentum 0.99, epsilon 1e-3). See `resnet`."""
+  preset = catalogue.backbone(preset_name)
+  if preset.family != "resnet":
+    raise ValueError(f"{preset_name!r} is not a ResNet preset; expected one of "
+                     f"{', '.join(catalogue.names('resnet'))}")
+  return resnet(preset.block_counts, num_classes=num_classes, input_shape=input_shape,
+                output_stride=output_stride, name=kwargs.pop("name", preset_name),
+                **catalogue.batch_norm(preset_name, batch_norm_momentum, batch_norm_epsilon),
+                **kwargs)
+
+
 def resnet50(num_classes=None, input_shape=None, output_stride=32, **kwargs):
-  """ResNet-50: 25,557,032 trainable parameters with 1000 classes. See `resnet`."""
-  return resnet((3, 4, 6, 3), num_classes=num_classes, input_shape=input_shape,
-                output_stride=output_stride, name=kwargs.pop("name", "resnet50"), **kwargs)
+  """ResNet-50: 25,557,032 trainable parameters with 1000 classes. See `resnet_preset`."""
+  return resnet_preset("resnet50", num_classes, input_shape, output_stride, **kwargs)
 
 
 def resnet101(num_classes=None, input_shape=None, output_stride=32, **kwargs):
-  """ResNet-101: 44,549,160 trainable parameters with 1000 classes. See `resnet`."""
-  return resnet((3, 4, 23, 3), num_classes=num_classes, input_shape=input_shape,
-                output_stride=output_stride, name=kwargs.pop("name", "resnet101"), **kwargs)
+  """ResNet-101: 44,549,160 trainable parameters with 1000 classes. See `resnet_preset`."""
+  return resnet_preset("resnet101", num_classes, input_shape, output_stride, **kwargs)

@@ -14,6 +14,7 @@ import tensorflow as tf
 import tf_keras
 
 from deeplab_axial.layers import convolutions
+from deeplab_axial.models import catalogue
 from deeplab_axial.models.backbones import resnet
 
 _PACKAGE = "deeplab_axial"
@@ -334,7 +335,8 @@ def panoptic_deeplab(backbone, num_classes, *, input_shape=None, use_aspp=True,
 
 
 def panoptic_deeplab_resnet50(num_classes, input_shape=None, output_stride=16, stem="conv",
-                              aspp_use_separable_conv=True, **kwargs):
+                              aspp_use_separable_conv=True, batch_norm_momentum=None,
+                              batch_norm_epsilon=None, **kwargs):
   """Panoptic-DeepLab with a ResNet-50 backbone and ASPP (the paper's baseline).
 
   Atrous rates scale with the output stride: (6, 12, 18) at 16, (3, 6, 9) at 32,
@@ -349,13 +351,19 @@ def panoptic_deeplab_resnet50(num_classes, input_shape=None, output_stride=16, s
     output_stride: 8, 16 or 32 (backbone output stride).
     stem: "conv" (7×7) or "inception" (three 3×3 convs).
     aspp_use_separable_conv: see above.
+    batch_norm_momentum, batch_norm_epsilon: every BatchNormalization (backbone and
+      heads); None = the catalogue preset's (DeepLab2's 0.99, 1e-3).
     **kwargs: further `panoptic_deeplab` arguments.
   """
   if output_stride not in (8, 16, 32):
     raise ValueError(f"`output_stride` must be 8, 16 or 32, got {output_stride!r}.")
-  backbone = resnet.resnet50(input_shape=input_shape, output_stride=output_stride, stem=stem)
+  bn_args = catalogue.batch_norm("panoptic_deeplab_resnet50", batch_norm_momentum,
+                                 batch_norm_epsilon)
+  backbone = resnet.resnet50(input_shape=input_shape, output_stride=output_stride, stem=stem,
+                             **bn_args)
   rates = tuple(rate * 16 // output_stride for rate in (6, 12, 18))
   kwargs.setdefault("atrous_rates", rates)
   kwargs.setdefault("name", "panoptic_deeplab_resnet50")
   return panoptic_deeplab(backbone, num_classes, input_shape=input_shape,
-                          aspp_use_separable_conv=aspp_use_separable_conv, **kwargs)
+                          aspp_use_separable_conv=aspp_use_separable_conv, **bn_args,
+                          **kwargs)
