@@ -17,9 +17,13 @@ def _trainable(model):
   return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
 
 
+_TORCH_EPSILON = 1e-5
+
+
 @pytest.fixture(scope="module")
 def resnet50_classifier():
-  return resnet.resnet50(num_classes=1000)
+  # PyTorch's BatchNorm epsilon (the preset default is DeepLab2's 1e-3), as the oracle.
+  return resnet.resnet50(num_classes=1000, batch_norm_epsilon=_TORCH_EPSILON)
 
 
 def test_parameter_count_equals_published(resnet50_classifier):
@@ -129,7 +133,7 @@ def test_dilated_endpoints_match_pytorch_reference(csrhddlam):
   torch_model = reference.resnet50(replace_stride_with_dilation=[False, True, True]).eval()
   with torch.no_grad():
     _randomize_torch_batch_norms(torch, torch_model)
-  model = resnet.resnet50(output_stride=8)
+  model = resnet.resnet50(output_stride=8, batch_norm_epsilon=_TORCH_EPSILON)
   _torch_to_keras_weights(torch_model, model)
   images = np.random.default_rng(1).normal(size=(1, 33, 42, 3)).astype(np.float32)
   got = model(images, training=False)
