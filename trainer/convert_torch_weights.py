@@ -10,13 +10,11 @@ a PyTorch `.pth` (needs torch: the `[torch]` extra) or an `.npz` of the same nam
 Relative tables are padded/cropped to the built model's table lengths (see
 `deeplab_axial.models.torch_weights`), e.g. to fine-tune with `--span=65`.
 """
-import os
+from deeplab_axial import cli
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+cli.start_quietly()
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
+from absl import flags  # noqa: E402  (after start_quietly, as everything below)
 
 flags.DEFINE_string("input", None, "Official state_dict: .pth/.pt/.pth.tar or .npz.")
 flags.DEFINE_string("output", None, "Checkpoint prefix to write, e.g. /tmp/axial/ckpt.")
@@ -54,4 +52,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -11,6 +11,7 @@ Conventions (see docs/data.md):
 """
 import dataclasses
 import json
+import os
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -491,6 +492,37 @@ def get_dataset_info(name: str) -> DatasetInfo:
   return registry[name]()
 
 
+# The converter CLI that writes each dataset's TFRecords, keyed by the folder that the
+# shipped configs' relative file patterns use (`coco/train-*.tfrecord`, ...).
+_CONVERTERS = {"coco": "data/build_coco_data.py", "cityscapes": "data/build_cityscapes_data.py",
+               "mapillary": "data/build_mapillary_data.py",
+               "imagenet": "data/build_imagenet_data.py", "shapes": "data/build_shapes_data.py"}
+
+
+def missing_records_message(file_pattern) -> str:
+  """Explains a TFRecord `file_pattern` (str or list) that matches no file, and its fix.
+
+  Names the converter command that writes it (from the pattern's folder, as in the shipped
+  configs; every converter otherwise) and says that `--data_dir` sets the root of relative
+  patterns.
+  """
+  patterns = [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
+  folders = {part for pattern in patterns for part in pattern.split("/")}
+  named = [script for folder, script in _CONVERTERS.items() if folder in folders]
+  first = patterns[0] if patterns else ""
+  output_dir = os.path.dirname(first) or "DIR"
+  split = os.path.basename(first).split("-")[0] or "SPLIT"
+  if len(named) == 1:
+    command = (f"python {named[0]} --input_dir=<dataset root> --output_dir={output_dir} "
+               f"--split={split}")
+  else:
+    command = "python data/build_<dataset>_data.py (one of " + ", ".join(
+        sorted(_CONVERTERS.values())) + ")"
+  return (f"dataset file pattern {file_pattern!r} matches no files; write the TFRecords "
+          f"with `{command}`. Relative patterns of a config are resolved against "
+          f"--data_dir (default: $DEEPLAB_AXIAL_DATA_DIR, else ./data_cache).")
+
+
 __all__ = ["DatasetInfo", "IGNORE_LABEL", "SHAPES_CLASSES", "dataset_info_from_json",
            "dataset_info_from_panoptic_categories", "get_dataset_info", "imagenet_synsets",
-           "known_datasets"]
+           "known_datasets", "missing_records_message"]

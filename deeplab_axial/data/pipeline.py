@@ -190,7 +190,7 @@ def _list_files(file_pattern, shuffle: bool, seed):
   patterns = [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
   matched = [f for p in patterns for f in tf.io.gfile.glob(p)]
   if not matched:
-    raise FileNotFoundError(f"file_pattern {file_pattern!r} matches no files")
+    raise FileNotFoundError(datasets.missing_records_message(file_pattern))
   files = sorted(set(matched))
   dataset = tf.data.Dataset.from_tensor_slices(files)
   if shuffle:

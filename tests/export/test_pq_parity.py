@@ -117,6 +117,6 @@ def test_export_cli_writes_the_requested_version_and_reports_bad_checkpoints(tra
       [sys.executable, script, f"--config_file={_DEMO_CONFIG}", f"--checkpoint={missing}",
        f"--output_dir={output_dir}"],
       env=env, capture_output=True, text=True, timeout=600, check=False)
-  assert completed.returncode == 1
+  assert completed.returncode == 2
   assert completed.stderr.strip().splitlines()[-1].startswith("error: ")
   assert missing in completed.stderr
