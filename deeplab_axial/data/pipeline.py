@@ -20,6 +20,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 import tensorflow as tf
 
 from deeplab_axial.data import datasets
+from deeplab_axial.data import encoding
 from deeplab_axial.data.encoding import Keys
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -44,7 +45,7 @@ _FEATURES = {
 def decode_panoptic_png(encoded: tf.Tensor) -> tf.Tensor:
   """RGB id PNG bytes -> int32 [h, w] with R + 256·G + 256²·B."""
   rgb = tf.cast(tf.io.decode_png(encoded, channels=3), tf.int32)
-  return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+  return encoding.pack_rgb_ids(rgb)
 
 
 def decode_example(serialized: tf.Tensor, *, decode_panoptic: bool = True

@@ -15,7 +15,7 @@ import tf_keras
 from deeplab_axial import config as config_lib
 from deeplab_axial.data import datasets
 from deeplab_axial.data import pipeline
-from deeplab_axial.data import prediction_writers
+from deeplab_axial.data import encoding
 from deeplab_axial.data.converters import imagenet
 from deeplab_axial.data.converters import shapes
 from deeplab_axial.models import builder
@@ -117,7 +117,7 @@ def test_eval_saves_official_predictions_at_original_size(tiny_backbone, shapes_
   assert sorted(a["image_id"] for a in annotations) == sorted(int(i) for i in image_ids)
   official = set(datasets.get_dataset_info("shapes").official_category_ids)
   for annotation in annotations:
-    ids = prediction_writers.rgb_to_id(np.asarray(Image.open(
+    ids = encoding.rgb_to_id(np.asarray(Image.open(
         os.path.join(output_dir, "panoptic", annotation["file_name"]))))
     assert ids.shape == (33, 33)
     segments = annotation["segments_info"]
