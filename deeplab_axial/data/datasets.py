@@ -136,15 +136,20 @@ def dataset_info_from_panoptic_categories(name: str, categories: Sequence[Mappin
       **overrides)
 
 
-def dataset_info_from_json(path: str) -> DatasetInfo:
-  """Reads a DatasetInfo written by `DatasetInfo.to_json` (e.g. `dataset_info.json`)."""
-  with open(path) as f:
-    fields = json.load(f)
+def dataset_info_from_dict(fields: Mapping) -> DatasetInfo:
+  """The inverse of `DatasetInfo.to_json`: a DatasetInfo from its JSON dict."""
+  fields = dict(fields)
   for key in ("thing_class_ids", "class_names", "official_category_ids"):
     fields[key] = tuple(fields[key])
   if fields.get("eval_crop_size") is not None:
     fields["eval_crop_size"] = tuple(fields["eval_crop_size"])
   return DatasetInfo(**fields)
+
+
+def dataset_info_from_json(path: str) -> DatasetInfo:
+  """Reads a DatasetInfo written by `DatasetInfo.to_json` (e.g. `dataset_info.json`)."""
+  with open(path) as f:
+    return dataset_info_from_dict(json.load(f))
 
 
 def _fallback_color(index: int) -> Tuple[int, int, int]:
@@ -523,6 +528,6 @@ def missing_records_message(file_pattern) -> str:
           f"--data_dir (default: $DEEPLAB_AXIAL_DATA_DIR, else ./data_cache).")
 
 
-__all__ = ["DatasetInfo", "IGNORE_LABEL", "SHAPES_CLASSES", "dataset_info_from_json",
+__all__ = ["DatasetInfo", "IGNORE_LABEL", "SHAPES_CLASSES", "dataset_info_from_dict", "dataset_info_from_json",
            "dataset_info_from_panoptic_categories", "get_dataset_info", "imagenet_synsets",
            "known_datasets", "missing_records_message"]

@@ -22,7 +22,7 @@ from deeplab_axial.data.encoding import Keys
 from deeplab_axial.export import from_config
 from deeplab_axial.training import experiment
 
-import export_fixtures  # pylint: disable=import-error  (on sys.path via conftest.py)
+from tests.export import export_fixtures
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _DEMO_CONFIG = os.path.join(_REPO, "configs", "shapes", "axial_deeplab_demo.textproto")

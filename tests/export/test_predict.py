@@ -13,7 +13,7 @@ from deeplab_axial import predict
 from deeplab_axial.data import encoding
 from deeplab_axial.export import saved_model
 
-import export_fixtures  # pylint: disable=import-error  (on sys.path via conftest.py)
+from tests.export import export_fixtures
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

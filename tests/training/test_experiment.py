@@ -10,7 +10,6 @@ import numpy as np
 from PIL import Image
 import pytest
 import tensorflow as tf
-import tf_keras
 
 from deeplab_axial import config as config_lib
 from deeplab_axial.data import datasets
@@ -20,27 +19,18 @@ from deeplab_axial.data.converters import imagenet
 from deeplab_axial.data.converters import shapes
 from deeplab_axial.models import builder
 from deeplab_axial.training import experiment
+from tests import helpers
 
 _WIDTHS = {"res2": 8, "res3": 8, "res4": 16, "res5": 16}
 
 
-def _tiny_backbone(backbone_options, batch_norm_momentum=0.99, batch_norm_epsilon=1e-3):
-  """A conv + BN per endpoint with ResNet strides capped at output_stride."""
-  images = tf_keras.Input((None, None, 3))
-  x, stride, endpoints = images, 1, {}
-  for index, (name, channels) in enumerate(_WIDTHS.items()):
-    step = 4 if index == 0 else (2 if stride * 2 <= backbone_options.output_stride else 1)
-    stride *= step
-    x = tf_keras.layers.Conv2D(channels, 3, strides=step, padding="same", use_bias=False)(x)
-    x = tf_keras.layers.BatchNormalization(momentum=batch_norm_momentum,
-                                           epsilon=batch_norm_epsilon)(x)
-    endpoints[name] = tf_keras.layers.ReLU()(x)
-  return tf_keras.Model(images, endpoints, name="tiny_backbone")
-
-
 @pytest.fixture
 def tiny_backbone(monkeypatch):
-  monkeypatch.setattr(builder, "build_backbone", _tiny_backbone)
+  monkeypatch.setattr(
+      builder, "build_backbone",
+      lambda options, batch_norm_momentum=0.99, batch_norm_epsilon=1e-3: helpers.tiny_backbone(
+          _WIDTHS, output_stride=options.output_stride,
+          batch_norm=(batch_norm_momentum, batch_norm_epsilon)))
 
 
 @pytest.fixture(scope="module")
