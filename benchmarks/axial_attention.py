@@ -48,7 +48,7 @@ import tf_keras  # noqa: E402
 
 from deeplab_axial.layers import AxialAttention2D  # noqa: E402
 from deeplab_axial.layers import PositionSensitiveAxialAttention  # noqa: E402
-import reference_oracle  # noqa: E402  (benchmarks/, beside this script)
+from tests.reference import official_axialnet  # noqa: E402  (the PyTorch oracle)
 
 CHANNELS = 32
 HEADS = 8
@@ -133,7 +133,7 @@ def time_layer(spec, repeats, jit_compile=False):
 def time_torch_layer(length, repeats):
   import torch  # pylint: disable=import-outside-toplevel
   torch.set_num_threads(2)
-  axialnet = reference_oracle.load_axialnet()
+  axialnet = official_axialnet.load()
   module = axialnet.AxialAttention(CHANNELS, CHANNELS, groups=HEADS, kernel_size=length,
                                    width=True).eval()
   x = torch.randn(1, CHANNELS, length, length)
@@ -246,8 +246,8 @@ def benchmark_torch(sizes, repeats):
   except ImportError:
     print("skipped: torch not installed")
     return
-  if not os.path.isfile(os.path.join(reference_oracle.CSRHDDLAM_DIR, "axialnet.py")):
-    print(f"skipped: {reference_oracle.CSRHDDLAM_DIR} not found")
+  if official_axialnet.unavailable_reason():
+    print(f"skipped: {official_axialnet.unavailable_reason()}")
     return
   print("| size | ours ms | PyTorch ms | ours/PyTorch |")
   print("|---|---|---|---|")

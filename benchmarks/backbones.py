@@ -27,7 +27,7 @@ import os
 import subprocess
 import sys
 
-import reference_oracle  # benchmarks/, beside this script: the PyTorch axialnet oracle
+from tests.reference import official_axialnet  # noqa: E402  (the PyTorch oracle)
 
 BACKBONES = [
     ("ResNet-50", "deeplab_axial.models.backbones.resnet", "resnet50", {}),
@@ -118,14 +118,14 @@ def _compare_axial50s_with_torch(batch, steps, size=224):
   except ImportError:
     print("PyTorch comparison skipped: torch is not installed")
     return
-  if not os.path.isfile(os.path.join(reference_oracle.CSRHDDLAM_DIR, "axialnet.py")):
-    print(f"PyTorch comparison skipped: no reference at {reference_oracle.CSRHDDLAM_DIR}")
+  if official_axialnet.unavailable_reason():
+    print(f"PyTorch comparison skipped: {official_axialnet.unavailable_reason()}")
     return
   # pylint: disable-next=import-outside-toplevel
   from deeplab_axial.models.backbones.axial_resnet import axial_resnet
   torch.set_num_threads(2)
   tf.config.threading.set_intra_op_parallelism_threads(2)
-  reference = reference_oracle.load_axialnet().axial50s().eval()
+  reference = official_axialnet.load().axial50s().eval()
   model = axial_resnet("axial50s", num_classes=1000, input_shape=(size, size, 3))
   images = np.random.default_rng(0).normal(size=(batch, size, size, 3)).astype(np.float32)
   torch_images = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())

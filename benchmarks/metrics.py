@@ -27,6 +27,7 @@ from PIL import Image  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from cityscapesscripts.evaluation import evalPanopticSemanticLabeling as cs_eval  # noqa: E402
+from deeplab_axial.data import encoding  # noqa: E402
 from deeplab_axial.data import prediction_writers  # noqa: E402
 from deeplab_axial.metrics import PanopticQuality  # noqa: E402
 
@@ -76,7 +77,7 @@ def ground_truth_annotation(folder, image_id, panoptic):
     segments_info.append({"id": int(segment_id), "category_id": category_id, "area": int(area),
                           "iscrowd": int(category_id - 1 in THINGS and segment_id < 1000)})
   file_name = f"{image_id}_gtFine_panoptic.png"
-  Image.fromarray(prediction_writers.id_to_rgb(segment)).save(os.path.join(folder, file_name))
+  Image.fromarray(encoding.id_to_rgb(segment)).save(os.path.join(folder, file_name))
   return {"image_id": image_id, "file_name": file_name, "segments_info": segments_info}
 
 

@@ -24,9 +24,7 @@ import tensorflow as tf  # noqa: E402
 from deeplab_axial.ops import generate_panoptic_targets  # noqa: E402
 from deeplab_axial.ops import panoptic_inference  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "tests", "ops"))
-from panoptic_numpy_reference import panoptic_inference_reference  # noqa: E402
+from tests.reference.panoptic_numpy import panoptic_inference_reference  # noqa: E402
 
 NUM_CLASSES = 19
 THINGS = tuple(range(11, 19))

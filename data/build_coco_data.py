@@ -1,19 +1,19 @@
-"""Converts COCO panoptic 2017 (official layout) to TFRecords.
+r"""Converts COCO panoptic 2017 (official layout) to TFRecords.
 
   python data/build_coco_data.py --input_dir=/data/coco --output_dir=/data/coco_tfrecord \
       --split=train
 """
-import os
+from deeplab_axial import cli
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+cli.start_quietly()
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
+from absl import flags  # noqa: E402  (after start_quietly, as everything below)
 
 from deeplab_axial.data.converters import coco  # noqa: E402
 from deeplab_axial.data.converters import common  # noqa: E402
 
 common.define_converter_flags(default_split="train", default_num_shards=64)
+flags.adopt_module_key_flags(common)
 FLAGS = flags.FLAGS
 
 
@@ -26,4 +26,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["input_dir"])
-  app.run(main)
+  cli.run(main)

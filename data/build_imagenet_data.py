@@ -1,14 +1,13 @@
-"""Converts ImageNet (ILSVRC-2012, extracted folders) to TFRecords.
+r"""Converts ImageNet (ILSVRC-2012, extracted folders) to TFRecords.
 
   python data/build_imagenet_data.py --input_dir=/data/imagenet \
       --output_dir=/data/imagenet_tfrecord --split=train
 """
-import os
+from deeplab_axial import cli
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+cli.start_quietly()
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
+from absl import flags  # noqa: E402  (after start_quietly, as everything below)
 
 from deeplab_axial.data.converters import common  # noqa: E402
 from deeplab_axial.data.converters import imagenet  # noqa: E402
@@ -17,6 +16,7 @@ common.define_converter_flags(default_split="train", default_num_shards=128)
 flags.DEFINE_string("val_labels_file", None,
                     "For a flat val/ folder: one synset per line (or 'file synset' lines). "
                     "Defaults to the list shipped with tensorflow_datasets.")
+flags.adopt_module_key_flags(common)
 FLAGS = flags.FLAGS
 
 
@@ -30,4 +30,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["input_dir"])
-  app.run(main)
+  cli.run(main)

@@ -1,20 +1,20 @@
-"""Converts Mapillary Vistas panoptic (v1.2 or v2.0) to TFRecords.
+r"""Converts Mapillary Vistas panoptic (v1.2 or v2.0) to TFRecords.
 
   python data/build_mapillary_data.py --input_dir=/data/vistas \
       --output_dir=/data/vistas_tfrecord --split=training --version=v1.2
 """
-import os
+from deeplab_axial import cli
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+cli.start_quietly()
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
+from absl import flags  # noqa: E402  (after start_quietly, as everything below)
 
 from deeplab_axial.data.converters import common  # noqa: E402
 from deeplab_axial.data.converters import mapillary  # noqa: E402
 
 common.define_converter_flags(default_split="training", default_num_shards=20)
 flags.DEFINE_enum("version", "v1.2", ["v1.2", "v2.0"], "Vistas annotation version.")
+flags.adopt_module_key_flags(common)
 FLAGS = flags.FLAGS
 
 
@@ -28,4 +28,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["input_dir"])
-  app.run(main)
+  cli.run(main)

@@ -1,16 +1,15 @@
-"""Generates the procedural "shapes" panoptic dataset in COCO format and converts it.
+r"""Generates the procedural "shapes" panoptic dataset in COCO format and converts it.
 
   python data/build_shapes_data.py --output_dir=/tmp/shapes
 
 The raw COCO-format files go to --input_dir (default: OUTPUT_DIR/raw); the TFRecords go to
 --output_dir. Nothing is redone when the output already exists with the same settings.
 """
-import os
+from deeplab_axial import cli
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+cli.start_quietly()
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
+from absl import flags  # noqa: E402  (after start_quietly, as everything below)
 
 from deeplab_axial.data.converters import common  # noqa: E402
 from deeplab_axial.data.converters import shapes  # noqa: E402
@@ -20,6 +19,7 @@ flags.DEFINE_integer("image_size", 64, "Height and width of the generated images
 flags.DEFINE_integer("num_train", 300, "Training images.")
 flags.DEFINE_integer("num_val", 50, "Validation images.")
 flags.DEFINE_integer("seed", 0, "Generator seed.")
+flags.adopt_module_key_flags(common)
 FLAGS = flags.FLAGS
 
 
@@ -44,4 +44,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

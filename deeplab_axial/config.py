@@ -28,6 +28,7 @@ from google.protobuf import descriptor_pool
 from google.protobuf import text_format
 
 from deeplab_axial.models import catalogue
+from deeplab_axial import errors
 from deeplab_axial.protos import experiment_pb2
 
 ExperimentOptions = experiment_pb2.ExperimentOptions
@@ -88,7 +89,7 @@ _HEADER = ("# proto-file: deeplab_axial/protos/experiment.proto\n"
            "# proto-message: ExperimentOptions\n")
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.UserError, ValueError):
   """An invalid experiment config; the message lists every problem found."""
 
 

@@ -30,6 +30,17 @@ def create_colormap(num_colors=256):
   return colormap.astype(np.uint8)
 
 
+def dataset_colormap(dataset_info):
+  """uint8 `[max(256, ignore_label + 1), 3]`: a dataset's class colours, void black.
+
+  Ids that are neither a class nor void get `create_colormap`'s colours.
+  """
+  colormap = create_colormap(max(256, dataset_info.ignore_label + 1))
+  colormap[:dataset_info.num_classes] = np.asarray(dataset_info.colormap, np.uint8)
+  colormap[dataset_info.ignore_label] = 0
+  return colormap
+
+
 def _as_colormap(colormap, needed, argument):
   colormap = create_colormap(max(needed, 256)) if colormap is None else np.asarray(colormap)
   if colormap.ndim != 2 or colormap.shape[1] != 3:

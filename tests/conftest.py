@@ -7,15 +7,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
+import tf_keras  # noqa: E402
+
+from tests.reference import official_axialnet  # noqa: E402
 
 _CPUS = tf.config.list_physical_devices("CPU")
 # Two logical CPUs let MirroredStrategy tests run on this 2-core machine. This must happen
 # before any op initializes the runtime, which is why it lives at conftest import time.
 tf.config.set_logical_device_configuration(
     _CPUS[0], [tf.config.LogicalDeviceConfiguration()] * 2)
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_REFERENCE = os.path.join(os.path.dirname(REPO_ROOT), "shared", "reference")
 
 
 @pytest.fixture(autouse=True)
@@ -37,19 +37,22 @@ def two_cpu_strategy():
 
 
 @pytest.fixture
-def csrhddlam():
-  """The official PyTorch axialnet module (test oracle); skips when torch or shared/ is absent."""
-  torch = pytest.importorskip("torch")
-  path = os.path.join(SHARED_REFERENCE, "csrhddlam")
-  if not os.path.isfile(os.path.join(path, "axialnet.py")):
-    pytest.skip(f"official PyTorch reference not found at {path}")
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  import sys  # pylint: disable=import-outside-toplevel
-  if "csrhddlam_ref" not in sys.modules:
-    spec = importlib.util.spec_from_file_location(
-        "csrhddlam_ref", os.path.join(path, "__init__.py"), submodule_search_locations=[path])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["csrhddlam_ref"] = module
-    spec.loader.exec_module(module)
+def mixed_precision():
+  """Runs the test under the mixed_float16 global policy, restored afterwards."""
+  previous = tf_keras.mixed_precision.global_policy()
+  tf_keras.mixed_precision.set_global_policy("mixed_float16")
+  try:
+    yield
+  finally:
+    tf_keras.mixed_precision.set_global_policy(previous)
+
+
+@pytest.fixture
+def official_resnet():
+  """The reference's PyTorch ResNet module (test oracle); skips without torch or shared/."""
+  reason = official_axialnet.unavailable_reason()
+  if reason:
+    pytest.skip(reason)
+  import torch  # pylint: disable=import-outside-toplevel
   torch.set_num_threads(2)
-  return sys.modules["csrhddlam_ref"]
+  return official_axialnet.load("resnet")

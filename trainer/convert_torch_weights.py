@@ -10,17 +10,18 @@ a PyTorch `.pth` (needs torch: the `[torch]` extra) or an `.npz` of the same nam
 Relative tables are padded/cropped to the built model's table lengths (see
 `deeplab_axial.models.torch_weights`), e.g. to fine-tune with `--span=65`.
 """
-import os
+from deeplab_axial import cli
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+cli.start_quietly()
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
+from absl import flags  # noqa: E402  (after start_quietly, as everything below)
 
 flags.DEFINE_string("input", None, "Official state_dict: .pth/.pt/.pth.tar or .npz.")
 flags.DEFINE_string("output", None, "Checkpoint prefix to write, e.g. /tmp/axial/ckpt.")
 flags.DEFINE_string("name", "axial50s", "Backbone variant (axial26s, axial50s, ...).")
+flags.DEFINE_float("width_multiplier", 0.0,
+                   "Channel width factor s of the official AxialAttentionNet (0 = the "
+                   "variant's: 0.5 for *s, 0.75 for *m, 1.0 for *l).")
 flags.DEFINE_integer("span", 0, "0 = global (as the official model); odd m = local span.")
 flags.DEFINE_integer("output_stride", 16, "Backbone output stride (8, 16 or 32).")
 flags.DEFINE_integer("input_size", 0,
@@ -43,7 +44,7 @@ def main(argv):
   flag_values = flags.FLAGS
   options = experiment_pb2.BackboneOptions(
       name=flag_values.name, span=flag_values.span, stem="conv",
-      output_stride=flag_values.output_stride)
+      output_stride=flag_values.output_stride, width_multiplier=flag_values.width_multiplier)
   size = flag_values.input_size
   model = axial_resnet_from_options(
       options, input_shape=(size, size, 3) if size else None,
@@ -54,4 +55,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

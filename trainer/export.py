@@ -8,14 +8,11 @@ assets.extra/deeplab_axial_export.json). `--checkpoint` is a checkpoint prefix o
 model_dir (its latest checkpoint). The version is --version, else `export.version` when the
 config sets it, else 1 + the largest existing version. See docs/serving.md.
 """
-import os
-import sys
+from deeplab_axial import cli
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+cli.start_quietly()
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
+from absl import flags  # noqa: E402  (after start_quietly, as everything below)
 
 flags.DEFINE_string("config_file", None, "Path to an ExperimentOptions textproto.")
 flags.DEFINE_multi_string("config_override", [],
@@ -41,22 +38,20 @@ def main(argv):
   from deeplab_axial import config as config_lib
   from deeplab_axial.export import from_config
   flag_values = flags.FLAGS
-  try:
-    config = config_lib.load_config(flag_values.config_file, flag_values.config_override)
-    result = from_config.export_from_config(
-        config, flag_values.checkpoint, flag_values.output_dir, version=flag_values.version,
-        overwrite=flag_values.overwrite,
-        with_preprocessing_crop=flag_values.with_preprocessing_crop,
-        jit_compile=flag_values.jit_compile,
-        include_semantic_probs=flag_values.include_semantic_probs,
-        tflite_output=flag_values.tflite_output)
-  except (ValueError, FileNotFoundError, FileExistsError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  config = config_lib.load_config(flag_values.config_file, flag_values.config_override)
+  cli.say(f"exporting {flag_values.checkpoint}: building the model, restoring the "
+          "checkpoint and tracing the serving functions (about a minute)...")
+  result = from_config.export_from_config(
+      config, flag_values.checkpoint, flag_values.output_dir, version=flag_values.version,
+      overwrite=flag_values.overwrite,
+      with_preprocessing_crop=flag_values.with_preprocessing_crop,
+      jit_compile=flag_values.jit_compile,
+      include_semantic_probs=flag_values.include_semantic_probs,
+      tflite_output=flag_values.tflite_output)
   print(f"exported {result.checkpoint} to {result.export_dir}")
   if result.tflite_path:
     print(f"wrote {result.tflite_path}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

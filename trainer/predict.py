@@ -13,14 +13,13 @@ or from a checkpoint with its config:
 Writes panoptic/<name>.png (+ panoptic.json for coco/cityscapes), overlays/<name>.png and
 segments.json under --output_dir (see deeplab_axial/predict.py).
 """
-import os
 import sys
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from deeplab_axial import cli
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
+cli.start_quietly()
+
+from absl import flags  # noqa: E402  (after start_quietly, as everything below)
 
 flags.DEFINE_string("saved_model", None, "Exported SavedModel (base or version directory).")
 flags.DEFINE_string("config_file", None, "Config, with --checkpoint, instead of a SavedModel.")
@@ -46,6 +45,7 @@ def _predictor(flag_values):
   if bool(flag_values.saved_model) == bool(flag_values.config_file):
     raise ValueError("pass exactly one of --saved_model and --config_file (+ --checkpoint)")
   if flag_values.saved_model:
+    cli.say(f"loading {flag_values.saved_model}...")
     predictor = predict.SavedModelPredictor(flag_values.saved_model)
     info = (datasets.get_dataset_info(flag_values.dataset) if flag_values.dataset
             else predictor.dataset_info())
@@ -57,6 +57,7 @@ def _predictor(flag_values):
   from deeplab_axial.models import builder
   config = config_lib.load_config(flag_values.config_file, flag_values.config_override)
   info = datasets.get_dataset_info(flag_values.dataset or config.dataset.name)
+  cli.say(f"building the model and restoring {flag_values.checkpoint}...")
   model = builder.build_model(config, info)
   saved_model.restore_model(model, flag_values.checkpoint)
   options = saved_model.serving_options_from_config(config, info)
@@ -67,20 +68,16 @@ def main(argv):
   del argv
   from deeplab_axial import predict  # pylint: disable=import-outside-toplevel
   flag_values = flags.FLAGS
-  try:
-    predictor, info = _predictor(flag_values)
-    summary = predict.predict_images(
-        predictor, flag_values.input, flag_values.output_dir, dataset_info=info,
-        output_format=flag_values.output_format, batch_size=flag_values.batch_size,
-        overlay_alpha=flag_values.overlay_alpha,
-        skip_unreadable=flag_values.skip_unreadable)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  predictor, info = _predictor(flag_values)
+  summary = predict.predict_images(
+      predictor, flag_values.input, flag_values.output_dir, dataset_info=info,
+      output_format=flag_values.output_format, batch_size=flag_values.batch_size,
+      overlay_alpha=flag_values.overlay_alpha,
+      skip_unreadable=flag_values.skip_unreadable)
   print(f"wrote {summary['num_images']} predictions to {flag_values.output_dir}")
   for path in summary["skipped"]:
     print(f"skipped unreadable image {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -6,14 +6,11 @@ r"""Trains and/or evaluates an experiment described by a textproto config.
 Modes: train, eval, train_and_eval, continuous_eval. Training resumes automatically from the
 latest checkpoint in --model_dir.
 """
-import os
-import sys
+from deeplab_axial import cli
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+cli.start_quietly()
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
+from absl import flags  # noqa: E402  (after start_quietly, as everything below)
 
 _MODES = ("train", "eval", "train_and_eval", "continuous_eval")
 
@@ -34,19 +31,16 @@ flags.mark_flags_as_required(["config_file", "model_dir"])
 
 def main(argv):
   del argv
-  # Imported here so that --help works without loading TensorFlow.
   from deeplab_axial.training import experiment  # pylint: disable=import-outside-toplevel
   flag_values = flags.FLAGS
-  try:
-    experiment.run_from_flags(
-        config_file=flag_values.config_file, mode=flag_values.mode,
-        model_dir=flag_values.model_dir, overrides=flag_values.config_override,
-        num_gpus=flag_values.num_gpus, num_cpu_replicas=flag_values.num_cpu_replicas,
-        tpu=flag_values.tpu, data_dir=flag_values.data_dir)
-  except (ValueError, FileNotFoundError, experiment.TrainingDivergedError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  cli.say(f"{flag_values.mode}: building the model and the input pipeline of "
+          f"{flag_values.config_file}...")
+  experiment.run_from_flags(
+      config_file=flag_values.config_file, mode=flag_values.mode,
+      model_dir=flag_values.model_dir, overrides=flag_values.config_override,
+      num_gpus=flag_values.num_gpus, num_cpu_replicas=flag_values.num_cpu_replicas,
+      tpu=flag_values.tpu, data_dir=flag_values.data_dir)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

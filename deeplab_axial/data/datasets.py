@@ -11,6 +11,7 @@ Conventions (see docs/data.md):
 """
 import dataclasses
 import json
+import os
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -135,15 +136,20 @@ def dataset_info_from_panoptic_categories(name: str, categories: Sequence[Mappin
       **overrides)
 
 
-def dataset_info_from_json(path: str) -> DatasetInfo:
-  """Reads a DatasetInfo written by `DatasetInfo.to_json` (e.g. `dataset_info.json`)."""
-  with open(path) as f:
-    fields = json.load(f)
+def dataset_info_from_dict(fields: Mapping) -> DatasetInfo:
+  """The inverse of `DatasetInfo.to_json`: a DatasetInfo from its JSON dict."""
+  fields = dict(fields)
   for key in ("thing_class_ids", "class_names", "official_category_ids"):
     fields[key] = tuple(fields[key])
   if fields.get("eval_crop_size") is not None:
     fields["eval_crop_size"] = tuple(fields["eval_crop_size"])
   return DatasetInfo(**fields)
+
+
+def dataset_info_from_json(path: str) -> DatasetInfo:
+  """Reads a DatasetInfo written by `DatasetInfo.to_json` (e.g. `dataset_info.json`)."""
+  with open(path) as f:
+    return dataset_info_from_dict(json.load(f))
 
 
 def _fallback_color(index: int) -> Tuple[int, int, int]:
@@ -491,6 +497,37 @@ def get_dataset_info(name: str) -> DatasetInfo:
   return registry[name]()
 
 
-__all__ = ["DatasetInfo", "IGNORE_LABEL", "SHAPES_CLASSES", "dataset_info_from_json",
+# The converter CLI that writes each dataset's TFRecords, keyed by the folder that the
+# shipped configs' relative file patterns use (`coco/train-*.tfrecord`, ...).
+_CONVERTERS = {"coco": "data/build_coco_data.py", "cityscapes": "data/build_cityscapes_data.py",
+               "mapillary": "data/build_mapillary_data.py",
+               "imagenet": "data/build_imagenet_data.py", "shapes": "data/build_shapes_data.py"}
+
+
+def missing_records_message(file_pattern) -> str:
+  """Explains a TFRecord `file_pattern` (str or list) that matches no file, and its fix.
+
+  Names the converter command that writes it (from the pattern's folder, as in the shipped
+  configs; every converter otherwise) and says that `--data_dir` sets the root of relative
+  patterns.
+  """
+  patterns = [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
+  folders = {part for pattern in patterns for part in pattern.split("/")}
+  named = [script for folder, script in _CONVERTERS.items() if folder in folders]
+  first = patterns[0] if patterns else ""
+  output_dir = os.path.dirname(first) or "DIR"
+  split = os.path.basename(first).split("-")[0] or "SPLIT"
+  if len(named) == 1:
+    command = (f"python {named[0]} --input_dir=<dataset root> --output_dir={output_dir} "
+               f"--split={split}")
+  else:
+    command = "python data/build_<dataset>_data.py (one of " + ", ".join(
+        sorted(_CONVERTERS.values())) + ")"
+  return (f"dataset file pattern {file_pattern!r} matches no files; write the TFRecords "
+          f"with `{command}`. Relative patterns of a config are resolved against "
+          f"--data_dir (default: $DEEPLAB_AXIAL_DATA_DIR, else ./data_cache).")
+
+
+__all__ = ["DatasetInfo", "IGNORE_LABEL", "SHAPES_CLASSES", "dataset_info_from_dict", "dataset_info_from_json",
            "dataset_info_from_panoptic_categories", "get_dataset_info", "imagenet_synsets",
-           "known_datasets"]
+           "known_datasets", "missing_records_message"]

@@ -23,13 +23,20 @@ from PIL import Image
 MAX_RGB_ID = 256**3 - 1
 
 
+def pack_rgb_ids(rgb):
+  """Integer `[..., 3]` RGB (NumPy array or tf.Tensor, int32/int64) -> `[...]` ids.
+
+  The one implementation of the packing `R + 256·G + 256²·B`, for NumPy and TensorFlow.
+  """
+  return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+
+
 def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
   """RGB id image uint8 `[h, w, 3]` -> int32 `[h, w]` with `R + 256·G + 256²·B`."""
   rgb = np.asarray(rgb)
   if rgb.ndim != 3 or rgb.shape[-1] != 3:
     raise ValueError(f"rgb must have shape [height, width, 3], got {rgb.shape}")
-  rgb = rgb.astype(np.int32)
-  return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+  return pack_rgb_ids(rgb.astype(np.int32))
 
 
 def id_to_rgb(ids: np.ndarray) -> np.ndarray:

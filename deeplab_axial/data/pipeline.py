@@ -20,6 +20,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 import tensorflow as tf
 
 from deeplab_axial.data import datasets
+from deeplab_axial.data import encoding
 from deeplab_axial.data.encoding import Keys
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -44,7 +45,7 @@ _FEATURES = {
 def decode_panoptic_png(encoded: tf.Tensor) -> tf.Tensor:
   """RGB id PNG bytes -> int32 [h, w] with R + 256·G + 256²·B."""
   rgb = tf.cast(tf.io.decode_png(encoded, channels=3), tf.int32)
-  return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+  return encoding.pack_rgb_ids(rgb)
 
 
 def decode_example(serialized: tf.Tensor, *, decode_panoptic: bool = True
@@ -190,7 +191,7 @@ def _list_files(file_pattern, shuffle: bool, seed):
   patterns = [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
   matched = [f for p in patterns for f in tf.io.gfile.glob(p)]
   if not matched:
-    raise FileNotFoundError(f"file_pattern {file_pattern!r} matches no files")
+    raise FileNotFoundError(datasets.missing_records_message(file_pattern))
   files = sorted(set(matched))
   dataset = tf.data.Dataset.from_tensor_slices(files)
   if shuffle:

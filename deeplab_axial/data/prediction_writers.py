@@ -24,16 +24,8 @@ import os
 import numpy as np
 from PIL import Image
 
-def id_to_rgb(ids):
-  """Encodes segment ids `[height, width]` (< 256**3) as uint8 RGB `[height, width, 3]`."""
-  ids = np.asarray(ids, dtype=np.int64)
-  return np.stack([ids % 256, ids // 256 % 256, ids // 256 ** 2], axis=-1).astype(np.uint8)
+from deeplab_axial.data.encoding import id_to_rgb
 
-
-def rgb_to_id(rgb):
-  """Decodes uint8 RGB `[height, width, 3]` to int64 segment ids `[height, width]`."""
-  rgb = np.asarray(rgb, dtype=np.int64)
-  return rgb[..., 0] + 256 * rgb[..., 1] + 256 ** 2 * rgb[..., 2]
 
 
 def _bbox(mask):

@@ -23,13 +23,9 @@ import tensorflow as tf
 import tf_keras
 
 from deeplab_axial.layers import axial_attention
+from deeplab_axial.layers import validation
 
 _STRIDE_PLACEMENTS = ("after_width", "per_axis")
-
-
-def _check_positive_int(name, value):
-  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-    raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
 
 
 def _conv_initializer():
@@ -59,7 +55,7 @@ class AxialAttention2D(tf_keras.layers.Layer):
     attention_kwargs = {name: kwargs.pop(name) for name in self._ATTENTION_ARGS
                         if name in kwargs}
     super().__init__(**kwargs)
-    _check_positive_int("strides", strides)
+    validation.check_positive_int("strides", strides)
     if stride_placement not in _STRIDE_PLACEMENTS:
       raise ValueError(f"`stride_placement` must be one of {_STRIDE_PLACEMENTS}, got "
                        f"{stride_placement!r}.")
@@ -155,8 +151,8 @@ class AxialBlock(tf_keras.layers.Layer):
       **kwargs: Base `Layer` arguments.
     """
     super().__init__(**kwargs)
-    _check_positive_int("filters", filters)
-    _check_positive_int("expansion", expansion)
+    validation.check_positive_int("filters", filters)
+    validation.check_positive_int("expansion", expansion)
     self.filters = filters
     self.num_heads = num_heads
     self.span = span

@@ -14,13 +14,9 @@ at the end than at the start.
 import tensorflow as tf
 import tf_keras
 
+from deeplab_axial.layers import validation
+
 _SERIALIZATION_PACKAGE = "deeplab_axial"
-
-
-def _check_positive_int(value, argument, layer_name):
-  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-    raise ValueError(
-        f"{layer_name}: `{argument}` must be a positive int, got {value!r}.")
 
 
 def _fresh(initializer):
@@ -62,7 +58,7 @@ class ConvBNReLU(tf_keras.layers.Layer):
     super().__init__(**kwargs)
     for argument, value in (("filters", filters), ("kernel_size", kernel_size),
                             ("strides", strides), ("dilation_rate", dilation_rate)):
-      _check_positive_int(value, argument, self.name)
+      validation.check_positive_int(argument, value, self.name)
     if strides > 1 and dilation_rate > 1:
       raise ValueError(f"{self.name}: `strides` ({strides}) and `dilation_rate` "
                        f"({dilation_rate}) cannot both be > 1.")
@@ -156,7 +152,7 @@ class SeparableConvBNReLU(tf_keras.layers.Layer):
     super().__init__(**kwargs)
     for argument, value in (("filters", filters), ("kernel_size", kernel_size),
                             ("dilation_rate", dilation_rate)):
-      _check_positive_int(value, argument, self.name)
+      validation.check_positive_int(argument, value, self.name)
     self.filters = filters
     self.kernel_size = kernel_size
     self.dilation_rate = dilation_rate
@@ -225,12 +221,12 @@ class ASPP(tf_keras.layers.Layer):
                use_separable_conv=False, batch_norm_momentum=0.99, batch_norm_epsilon=1e-5,
                **kwargs):
     super().__init__(**kwargs)
-    _check_positive_int(filters, "filters", self.name)
+    validation.check_positive_int("filters", filters, self.name)
     atrous_rates = tuple(atrous_rates)
     if len(atrous_rates) != 3:
       raise ValueError(f"{self.name}: `atrous_rates` must hold 3 rates, got {atrous_rates}.")
     for rate in atrous_rates:
-      _check_positive_int(rate, "atrous_rates", self.name)
+      validation.check_positive_int("atrous_rates", rate, self.name)
     if not 0.0 <= dropout_rate < 1.0:
       raise ValueError(f"{self.name}: `dropout_rate` must be in [0, 1), got {dropout_rate}.")
     self.filters = filters
@@ -306,7 +302,7 @@ class InceptionStem(tf_keras.layers.Layer):
     if len(filters) != 3:
       raise ValueError(f"{self.name}: `filters` must hold 3 widths, got {filters}.")
     for width in filters:
-      _check_positive_int(width, "filters", self.name)
+      validation.check_positive_int("filters", width, self.name)
     self.filters = filters
     self.kernel_initializer = tf_keras.initializers.get(kernel_initializer)
     self.batch_norm_momentum = batch_norm_momentum

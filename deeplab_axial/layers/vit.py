@@ -20,6 +20,8 @@ from typing import Optional, Sequence, Tuple
 import tensorflow as tf
 import tf_keras
 
+from deeplab_axial.layers import validation
+
 _SERIALIZABLE = tf_keras.saving.register_keras_serializable(package="deeplab_axial")
 
 VIT_PRESETS = types.MappingProxyType({
@@ -27,11 +29,6 @@ VIT_PRESETS = types.MappingProxyType({
     "vit_small": {"hidden_size": 384, "num_layers": 12, "num_heads": 6},
     "vit_base": {"hidden_size": 768, "num_layers": 12, "num_heads": 12},
 })
-
-
-def _check_positive_int(name, value):
-  if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-    raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def _trunc_normal():
@@ -65,8 +62,8 @@ class TokenAttention(tf_keras.layers.Layer):
   def __init__(self, hidden_size: int, num_heads: int, attention_dropout: float = 0.0,
                **kwargs):
     super().__init__(**kwargs)
-    _check_positive_int("hidden_size", hidden_size)
-    _check_positive_int("num_heads", num_heads)
+    validation.check_positive_int("hidden_size", hidden_size)
+    validation.check_positive_int("num_heads", num_heads)
     if hidden_size % num_heads:
       raise ValueError(f"hidden_size {hidden_size} must be divisible by num_heads "
                        f"{num_heads}")
@@ -139,7 +136,7 @@ class TransformerBlock(tf_keras.layers.Layer):
                dropout: float = 0.0, attention_dropout: float = 0.0,
                layer_norm_epsilon: float = 1e-6, **kwargs):
     super().__init__(**kwargs)
-    _check_positive_int("hidden_size", hidden_size)
+    validation.check_positive_int("hidden_size", hidden_size)
     if not mlp_ratio > 0:
       raise ValueError(f"mlp_ratio must be > 0, got {mlp_ratio!r}")
     self.hidden_size = hidden_size
@@ -266,13 +263,13 @@ class VisionTransformer(tf_keras.layers.Layer):
     super().__init__(**kwargs)
     for name, value in (("hidden_size", hidden_size), ("num_layers", num_layers),
                         ("num_heads", num_heads), ("patch_size", patch_size)):
-      _check_positive_int(name, value)
+      validation.check_positive_int(name, value)
     position_grid_size = tuple(position_grid_size)
     if len(position_grid_size) != 2:
       raise ValueError(f"position_grid_size must be (rows, cols), got "
                        f"{position_grid_size!r}")
     for value in position_grid_size:
-      _check_positive_int("position_grid_size", value)
+      validation.check_positive_int("position_grid_size", value)
     output_layers = (num_layers,) if output_layers is None else tuple(output_layers)
     if not output_layers or not all(isinstance(i, int) and 1 <= i <= num_layers
                                     for i in output_layers):

@@ -7,10 +7,12 @@ from absl import logging
 import tensorflow as tf
 import tf_keras
 
+from deeplab_axial import errors
+from deeplab_axial import progress
 from deeplab_axial.training import distribution
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(errors.UserError, RuntimeError):
   """A loss became NaN or Inf; training stopped without saving the diverged weights."""
 
 
@@ -46,19 +48,13 @@ class ProgressReporter:
       self._seconds_per_step = (seconds_per_step if self._seconds_per_step is None else
                                 0.7 * self._seconds_per_step + 0.3 * seconds_per_step)
       images_per_second = steps * self._global_batch_size / elapsed
-    eta = format_duration((self._total_steps - step) * (self._seconds_per_step or 0.0))
+    eta = progress.format_duration((self._total_steps - step) * (self._seconds_per_step or 0.0))
     parts = " ".join(f"{k} {v:.4f}" for k, v in losses.items() if k != "total")
     lr = "" if learning_rate is None else f" | lr {learning_rate:.3g}"
     self._log_fn(f"step {step}/{self._total_steps} ({100.0 * step / self._total_steps:.1f}%) "
                  f"| loss {losses.get('total', float('nan')):.4f} ({parts}){lr} "
                  f"| {images_per_second:.1f} img/s | ETA {eta}")
     return images_per_second
-
-
-def format_duration(seconds):
-  """Formats seconds as H:MM:SS."""
-  seconds = int(round(max(seconds, 0.0)))
-  return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 class Trainer:
@@ -208,6 +204,8 @@ class Trainer:
     until_step = min(until_step or self._total_steps, self._total_steps)
     if self._iterator is None:
       self._iterator = iter(self._dataset)
+      # Nothing else is printed while the first call traces and compiles the step.
+      self._log_fn("tracing the training step (the first call can take a minute)...")
     step = self.global_step
     self._progress.start(step)
     last_summary = step

@@ -6,8 +6,6 @@ from deeplab_axial import visualization
 from deeplab_axial.training import evaluation
 
 PANOPTIC_IMAGE_TAG = "panoptic/image_groundtruth_prediction"
-# Void (ignore_label) and any id without a dataset colour are drawn black.
-_VOID_COLOR = (0, 0, 0)
 
 
 def write_scalars(writer, step, metrics, prefix="metrics"):
@@ -31,14 +29,6 @@ def write_scalars(writer, step, metrics, prefix="metrics"):
       if value.ndim == 0:
         tf.summary.scalar(f"{prefix}/{name}" if prefix else name, float(value))
   writer.flush()
-
-
-def panoptic_colormap(dataset_info):
-  """uint8 `[256, 3]`: the dataset's class colours, black for void and unused ids."""
-  colormap = np.zeros((max(256, dataset_info.ignore_label + 1), 3), np.uint8)
-  colormap[:dataset_info.num_classes] = np.asarray(dataset_info.colormap, np.uint8)
-  colormap[dataset_info.ignore_label] = _VOID_COLOR
-  return colormap
 
 
 def panoptic_comparison_panels(images, panoptic_predictions, panoptic_ground_truth,
@@ -70,7 +60,7 @@ def panoptic_comparison_panels(images, panoptic_predictions, panoptic_ground_tru
     if labels.shape != images.shape[:3]:
       raise ValueError(f"{name} must be [batch, height, width] = {images.shape[:3]} like "
                        f"the images, got shape {labels.shape}")
-  colormap = panoptic_colormap(dataset_info)
+  colormap = visualization.dataset_colormap(dataset_info)
   label_divisor = int(dataset_info.label_divisor)
 
   def colorize(panoptic):

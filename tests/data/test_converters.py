@@ -9,6 +9,7 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
+from deeplab_axial import progress
 from deeplab_axial.data import datasets
 from deeplab_axial.data import encoding
 from deeplab_axial.data import pipeline
@@ -18,7 +19,7 @@ from deeplab_axial.data.converters import common
 from deeplab_axial.data.converters import imagenet
 from deeplab_axial.data.converters import mapillary
 
-import data_fixtures as fixtures  # pylint: disable=import-error  (on sys.path via conftest.py)
+from tests.data import data_fixtures as fixtures
 
 
 def read_back(output_dir, split):
@@ -236,7 +237,7 @@ def test_resume_with_different_input_is_refused(tmp_path):
 def test_progress_bar_reports_count_and_eta():
   import io  # pylint: disable=import-outside-toplevel
   stream = io.StringIO()
-  bar = common.ProgressBar(4, "train", stream=stream, min_interval=0.0)
+  bar = progress.ProgressBar(4, "train", stream=stream, min_interval=0.0)
   bar.update(2)
   bar.close()
   text = stream.getvalue()

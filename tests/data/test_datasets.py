@@ -79,3 +79,13 @@ def test_descriptor_validation():
     datasets.DatasetInfo(name="x", num_classes=2, ignore_label=255, label_divisor=10,
                          thing_class_ids=(5,), class_names=("a", "b"),
                          colormap=np.zeros((2, 3)))
+
+
+def test_missing_records_message_names_the_converter_and_data_dir():
+  message = datasets.missing_records_message("data_cache/coco/train-*.tfrecord")
+  assert "'data_cache/coco/train-*.tfrecord' matches no files" in message
+  assert ("python data/build_coco_data.py --input_dir=<dataset root> "
+          "--output_dir=data_cache/coco --split=train") in message
+  assert "--data_dir" in message
+  unknown = datasets.missing_records_message(["/records/*.tfrecord"])
+  assert "data/build_cityscapes_data.py" in unknown and "data/build_shapes_data.py" in unknown

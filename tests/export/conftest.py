@@ -1,15 +1,12 @@
 """Shared fixtures: one small Panoptic-DeepLab with non-trivial weights, exported once."""
 import os
-import sys
 
 import pytest
 import tensorflow as tf
 
 from deeplab_axial.data import datasets
 from deeplab_axial.export import saved_model
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import export_fixtures  # noqa: E402  pylint: disable=import-error,wrong-import-position
+from tests.export import export_fixtures
 
 
 @pytest.fixture(scope="session")

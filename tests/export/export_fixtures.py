@@ -6,24 +6,14 @@ import sys
 import textwrap
 
 import numpy as np
-import tf_keras
 
 from deeplab_axial.models import panoptic_deeplab
+from tests import helpers
 
 # Post-processing settings of every export here: small enough for tiny images.
 POST_PROCESSING = {"top_k": 16, "stuff_area": 20, "center_threshold": 0.05, "nms_kernel": 3}
 # Numeric subdirectories already in the base path before the shared export.
 PREEXISTING_VERSIONS = ("3", "1")
-
-
-def _tiny_backbone():
-  """Plain-Keras backbone with endpoints res2 (OS 4), res3 (OS 8), res5 (OS 16)."""
-  images = tf_keras.Input((None, None, 3))
-  x = tf_keras.layers.Conv2D(4, 3, strides=2, padding="same")(images)
-  res2 = tf_keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)
-  res3 = tf_keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(res2)
-  res5 = tf_keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(res3)
-  return tf_keras.Model(images, {"res2": res2, "res3": res3, "res5": res5}, name="tiny")
 
 
 def build_tiny_model(num_classes, seed=0):
@@ -33,7 +23,7 @@ def build_tiny_model(num_classes, seed=0):
   classes; redrawing conv kernels/biases gives several classes, centres and instances.
   """
   model = panoptic_deeplab(
-      _tiny_backbone(), num_classes, aspp_channels=8, atrous_rates=(1, 2, 3),
+      helpers.tiny_backbone({"res2": 8, "res3": 8, "res5": 8}), num_classes, aspp_channels=8, atrous_rates=(1, 2, 3),
       semantic_decoder_channels=8, instance_decoder_channels=8,
       semantic_low_level_projections=(4, 4), instance_low_level_projections=(4, 4),
       semantic_head_channels=8, center_head_channels=4, offset_head_channels=4)

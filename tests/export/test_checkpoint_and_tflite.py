@@ -6,7 +6,7 @@ import tensorflow as tf
 from deeplab_axial.export import saved_model
 from deeplab_axial.export import tflite
 
-import export_fixtures  # pylint: disable=import-error  (on sys.path via conftest.py)
+from tests.export import export_fixtures
 
 
 def test_restore_from_prefix_or_directory(tmp_path):

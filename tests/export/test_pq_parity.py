@@ -22,7 +22,7 @@ from deeplab_axial.data.encoding import Keys
 from deeplab_axial.export import from_config
 from deeplab_axial.training import experiment
 
-import export_fixtures  # pylint: disable=import-error  (on sys.path via conftest.py)
+from tests.export import export_fixtures
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _DEMO_CONFIG = os.path.join(_REPO, "configs", "shapes", "axial_deeplab_demo.textproto")
@@ -117,6 +117,6 @@ def test_export_cli_writes_the_requested_version_and_reports_bad_checkpoints(tra
       [sys.executable, script, f"--config_file={_DEMO_CONFIG}", f"--checkpoint={missing}",
        f"--output_dir={output_dir}"],
       env=env, capture_output=True, text=True, timeout=600, check=False)
-  assert completed.returncode == 1
+  assert completed.returncode == 2
   assert completed.stderr.strip().splitlines()[-1].startswith("error: ")
   assert missing in completed.stderr

@@ -10,10 +10,10 @@ import tensorflow as tf
 from PIL import Image
 
 from deeplab_axial import predict
-from deeplab_axial.data import prediction_writers
+from deeplab_axial.data import encoding
 from deeplab_axial.export import saved_model
 
-import export_fixtures  # pylint: disable=import-error  (on sys.path via conftest.py)
+from tests.export import export_fixtures
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -48,7 +48,7 @@ def _check_generic_outputs(output_dir, images, loaded, info):
   assert sorted(by_name) == sorted(images)
   for name, image in images.items():
     expected = _signature_outputs(loaded, image)
-    ids = prediction_writers.rgb_to_id(
+    ids = encoding.rgb_to_id(
         np.asarray(Image.open(os.path.join(output_dir, "panoptic", name + ".png"))))
     np.testing.assert_array_equal(ids, expected["panoptic"])
     overlay = np.asarray(Image.open(os.path.join(output_dir, "overlays", name + ".png")))
@@ -115,7 +115,7 @@ def test_coco_format_and_keras_predictor(exported, tiny_model, image_folder, sha
   assert summary["num_images"] == 1
   with open(tmp_path / "panoptic.json") as f:
     annotation = json.load(f)["annotations"][0]
-  ids = prediction_writers.rgb_to_id(
+  ids = encoding.rgb_to_id(
       np.asarray(Image.open(tmp_path / "panoptic" / annotation["file_name"])))
   saved = predict.SavedModelPredictor(exported[1])(images["b_first"][None])
   panoptic = saved["panoptic"][0]

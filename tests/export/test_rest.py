@@ -10,7 +10,7 @@ from PIL import Image
 
 from deeplab_axial import export
 
-import export_fixtures  # pylint: disable=import-error  (on sys.path via conftest.py)
+from tests.export import export_fixtures
 
 
 def _direct(loaded, signature, **inputs):

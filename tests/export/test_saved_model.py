@@ -11,7 +11,7 @@ from PIL import Image
 from deeplab_axial.export import saved_model
 from deeplab_axial.training import evaluation
 
-import export_fixtures  # pylint: disable=import-error  (on sys.path via conftest.py)
+from tests.export import export_fixtures
 
 _MAP_KEYS = ("panoptic", "semantic", "instance")
 _FLOAT_MAP_KEYS = ("semantic_probs", "center_heatmap")

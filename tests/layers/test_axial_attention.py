@@ -2,14 +2,14 @@
 import os
 import tempfile
 
-import importlib
-
 import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras
 
 from deeplab_axial.layers.axial_attention import PositionSensitiveAxialAttention
+from tests.fixtures import make_official_fixtures as fixture_maker
+from tests.reference import official_fixtures
 
 EPSILON = 1e-5
 
@@ -201,77 +201,32 @@ def test_train_mode_updates_moving_statistics_over_valid_pairs():
 
 
 # ---------------------------------------------------------------------------------------
-# The official PyTorch layer (global span) as an oracle.
+# The official PyTorch layer (global span) as an oracle, through committed fixtures.
 # ---------------------------------------------------------------------------------------
 
-def _axialnet(package):
-  return importlib.import_module(f"{package.__name__}.axialnet")
-
-
-def _copy_from_torch(layer, module, query_depth):
-  """Maps csrhddlam AxialAttention parameters onto ours (see module docstring)."""
-  state = {k: v.detach().numpy() for k, v in module.state_dict().items()}
-  layer.qkv_kernel.assign(state["qkv_transform.weight"][:, :, 0].T)
-  table = state["relative"]
-  dq = query_depth
-  layer.relative_embeddings.assign(np.concatenate(
-      [table[:dq, ::-1].T, table[dq:2 * dq].T, table[2 * dq:, ::-1].T], axis=1))
-  for ours, theirs, shape in (("qkv_batch_norm", "bn_qkv", None),
-                              ("similarity_batch_norm", "bn_similarity", (3, -1)),
-                              ("output_batch_norm", "bn_output", None)):
-    bn = getattr(layer, ours)
-    for variable, key in ((bn.gamma, "weight"), (bn.beta, "bias"),
-                          (bn.moving_mean, "running_mean"),
-                          (bn.moving_variance, "running_var")):
-      value = state[f"{theirs}.{key}"]
-      variable.assign(value.reshape(shape) if shape else value)
-
-
-@pytest.mark.parametrize("training", [True, False])
-@pytest.mark.parametrize("axis,strides", [("height", 1), ("width", 1), ("width", 2),
-                                          ("height", 2)])
-def test_matches_official_pytorch_layer(csrhddlam, axis, strides, training):
-  import torch  # pylint: disable=import-outside-toplevel
-  torch.manual_seed(0)
-  in_planes, out_planes, groups, height, width = 8, 16, 4, 6, 4
+@pytest.mark.parametrize("axis,strides,training", fixture_maker.ATTENTION_CASES)
+def test_matches_official_pytorch_layer(axis, strides, training):
+  shape = fixture_maker.ATTENTION_SHAPE
+  height, width, out_planes = shape["height"], shape["width"], shape["out_planes"]
+  state, x, outputs = official_fixtures.case(
+      official_fixtures.load("attention.npz"),
+      fixture_maker.attention_case_name(axis, strides, training))
   length = height if axis == "height" else width
-  module = _axialnet(csrhddlam).AxialAttention(
-      in_planes, out_planes, groups=groups, kernel_size=length, stride=strides,
-      width=axis == "width")
-  with torch.no_grad():
-    for bn in (module.bn_qkv, module.bn_similarity, module.bn_output):
-      bn.weight.uniform_(0.5, 1.5)
-      bn.bias.normal_(0, 0.3)
-      bn.running_mean.normal_(0, 0.3)
-      bn.running_var.uniform_(0.5, 2.0)
-  module.train(training)
-  x = np.random.default_rng(4).normal(size=(3, in_planes, height, width)).astype(np.float32)
-  with torch.no_grad():
-    expected = module(torch.from_numpy(x)).numpy().transpose(0, 2, 3, 1)
-  if strides > 1 and axis == "height":
-    # PT pools both axes after any strided layer; ours pools only its own axis, so
-    # compare against PT's unpooled output, pooled along height only.
-    module.stride = 1
-    with torch.no_grad():
-      unpooled = module(torch.from_numpy(x)).numpy().transpose(0, 2, 3, 1)
-    expected = unpooled[:, :height // 2 * 2].reshape(3, height // 2, 2, width, -1).mean(2)
-  layer = _make((3, height, width, in_planes), filters=out_planes, axis=axis,
-                num_heads=groups, strides=strides, max_global_length=length)
-  _copy_from_torch(layer, module, layer.query_depth)
+  layer = _make((3, height, width, shape["in_planes"]), filters=out_planes, axis=axis,
+                num_heads=shape["groups"], strides=strides, max_global_length=length)
+  official_fixtures.assign_attention(layer, state)
   actual = layer(x.transpose(0, 2, 3, 1), training=training).numpy()
   if strides > 1 and axis == "width":
     # PT's width layer pools both axes (AvgPool2d(s, s)); pool our output's height too.
     actual = actual[:, :height // 2 * 2].reshape(3, height // 2, 2, -1, out_planes).mean(2)
-  np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(actual, outputs["output"], rtol=1e-4, atol=1e-4)
 
 
-def test_official_parameter_count_for_known_length(csrhddlam):
-  module = _axialnet(csrhddlam).AxialAttention(32, 32, groups=8, kernel_size=28)
+def test_official_parameter_count_for_known_length():
   layer = _make((1, 28, 28, 32), filters=32, axis="height", num_heads=8,
                 max_global_length=28)
-  theirs = sum(p.numel() for p in module.parameters())
-  ours = sum(int(np.prod(v.shape)) for v in layer.trainable_variables)
-  assert ours == theirs
+  theirs = official_fixtures.load("attention.npz")["parameter_count_32x32_groups8_length28"]
+  assert sum(int(np.prod(v.shape)) for v in layer.trainable_variables) == theirs
 
 
 # ---------------------------------------------------------------------------------------

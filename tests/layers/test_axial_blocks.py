@@ -1,5 +1,4 @@
 """Tests of AxialAttention2D and AxialBlock against the official PyTorch block."""
-import importlib
 import os
 import tempfile
 
@@ -10,91 +9,38 @@ import tf_keras
 
 from deeplab_axial.layers.axial_attention import PositionSensitiveAxialAttention
 from deeplab_axial.layers.axial_blocks import AxialAttention2D, AxialBlock
+from tests.fixtures import make_official_fixtures as fixture_maker
+from tests.reference import official_fixtures
 
 
-def _random_batch_norm(bn, generator):
-  """Random affine and running statistics for a torch BatchNorm (eval mode matters)."""
-  bn.weight.uniform_(0.5, 1.5, generator=generator)
-  bn.bias.normal_(0, 0.3, generator=generator)
-  bn.running_mean.normal_(0, 0.3, generator=generator)
-  bn.running_var.uniform_(0.5, 2.0, generator=generator)
-
-
-def _assign_batch_norm(keras_bn, state, prefix, shape=None):
-  for variable, key in ((keras_bn.gamma, "weight"), (keras_bn.beta, "bias"),
-                        (keras_bn.moving_mean, "running_mean"),
-                        (keras_bn.moving_variance, "running_var")):
-    value = state[f"{prefix}.{key}"]
-    variable.assign(value.reshape(shape) if shape else value)
-
-
-def _assign_attention(layer, state, prefix):
-  """csrhddlam AxialAttention parameters → PositionSensitiveAxialAttention."""
-  dq = layer.query_depth
-  layer.qkv_kernel.assign(state[f"{prefix}.qkv_transform.weight"][:, :, 0].T)
-  table = state[f"{prefix}.relative"]
-  layer.relative_embeddings.assign(np.concatenate(
-      [table[:dq, ::-1].T, table[dq:2 * dq].T, table[2 * dq:, ::-1].T], axis=1))
-  _assign_batch_norm(layer.qkv_batch_norm, state, f"{prefix}.bn_qkv")
-  _assign_batch_norm(layer.similarity_batch_norm, state, f"{prefix}.bn_similarity", (3, -1))
-  _assign_batch_norm(layer.output_batch_norm, state, f"{prefix}.bn_output")
-
-
-def _assign_conv(conv, weight):
-  conv.kernel.assign(weight.transpose(2, 3, 1, 0))  # [out, in, 1, 1] → [1, 1, in, out]
-
-
-@pytest.mark.parametrize("training", [True, False])
-@pytest.mark.parametrize("in_planes,planes,strides", [(32, 16, 1), (16, 16, 2)])
-def test_block_matches_official_pytorch_block(csrhddlam, in_planes, planes, strides,
-                                              training):
-  import torch  # pylint: disable=import-outside-toplevel
-  axialnet = importlib.import_module(f"{csrhddlam.__name__}.axialnet")
-  torch.manual_seed(0)
-  size, heads, expansion = 6, 4, 2
-  downsample = None
-  if strides > 1 or in_planes != planes * expansion:
-    downsample = torch.nn.Sequential(
-        axialnet.conv1x1(in_planes, planes * expansion, strides),
-        torch.nn.BatchNorm2d(planes * expansion))
-  module = axialnet.AxialBlock(in_planes, planes, stride=strides, downsample=downsample,
-                               groups=heads, kernel_size=size)
-  generator = torch.Generator().manual_seed(1)
-  with torch.no_grad():
-    for submodule in module.modules():
-      if isinstance(submodule, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
-        _random_batch_norm(submodule, generator)
-  module.train(training)
-  x = np.random.default_rng(2).normal(size=(2, in_planes, size, size)).astype(np.float32)
-  with torch.no_grad():
-    expected = module(torch.from_numpy(x)).numpy().transpose(0, 2, 3, 1)
-
-  block = AxialBlock(planes, num_heads=heads, strides=strides, expansion=expansion,
-                     max_global_length=size)
+@pytest.mark.parametrize("in_planes,planes,strides,training", fixture_maker.BLOCK_CASES)
+def test_block_matches_official_pytorch_block(in_planes, planes, strides, training):
+  shape = fixture_maker.BLOCK_SHAPE
+  size = shape["size"]
+  state, x, outputs = official_fixtures.case(
+      official_fixtures.load("block.npz"),
+      fixture_maker.block_case_name(in_planes, planes, strides, training))
+  block = AxialBlock(planes, num_heads=shape["heads"], strides=strides,
+                     expansion=shape["expansion"], max_global_length=size)
   block.build((2, size, size, in_planes))
-  state = {k: v.detach().numpy() for k, v in module.state_dict().items()}
-  _assign_conv(block.conv_down, state["conv_down.weight"])
-  _assign_batch_norm(block.bn1, state, "bn1")
-  _assign_attention(block.attention.height_attention, state, "hight_block")
-  _assign_attention(block.attention.width_attention, state, "width_block")
-  _assign_conv(block.conv_up, state["conv_up.weight"])
-  _assign_batch_norm(block.bn2, state, "bn2")
-  if downsample is not None:
-    _assign_conv(block.downsample_conv, state["downsample.0.weight"])
-    _assign_batch_norm(block.downsample_bn, state, "downsample.1")
+  official_fixtures.assign_conv(block.conv_down, state["conv_down.weight"])
+  official_fixtures.assign_batch_norm(block.bn1, state, "bn1")
+  official_fixtures.assign_attention(block.attention.height_attention, state, "hight_block")
+  official_fixtures.assign_attention(block.attention.width_attention, state, "width_block")
+  official_fixtures.assign_conv(block.conv_up, state["conv_up.weight"])
+  official_fixtures.assign_batch_norm(block.bn2, state, "bn2")
+  if "downsample.0.weight" in state:
+    official_fixtures.assign_conv(block.downsample_conv, state["downsample.0.weight"])
+    official_fixtures.assign_batch_norm(block.downsample_bn, state, "downsample.1")
   actual = block(x.transpose(0, 2, 3, 1), training=training).numpy()
-  np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(actual, outputs["output"], rtol=1e-4, atol=1e-4)
 
 
-def test_block_parameter_count_matches_official(csrhddlam):
-  axialnet = importlib.import_module(f"{csrhddlam.__name__}.axialnet")
-  import torch  # pylint: disable=import-outside-toplevel
-  downsample = torch.nn.Sequential(axialnet.conv1x1(32, 64, 2), torch.nn.BatchNorm2d(64))
-  module = axialnet.AxialBlock(32, 32, stride=2, downsample=downsample, groups=8,
-                               kernel_size=14)
+def test_block_parameter_count_matches_official():
   block = AxialBlock(32, num_heads=8, strides=2, max_global_length=14)
   block.build((1, 14, 14, 32))
-  theirs = sum(p.numel() for p in module.parameters())
+  theirs = official_fixtures.load("block.npz")[
+      "parameter_count_in32_planes32_stride2_groups8_length14"]
   assert sum(int(np.prod(v.shape)) for v in block.trainable_variables) == theirs
 
 

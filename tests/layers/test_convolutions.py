@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-import tf_keras
 
 from deeplab_axial.layers import convolutions
+from tests import helpers
 
 
 def _conv_numpy(x, kernel, stride=1, dilation=1, padding=None, depthwise=False):
@@ -34,16 +34,6 @@ def _bn_numpy(x, bn):
   return gamma * (x - mean) / np.sqrt(variance + bn.epsilon) + beta
 
 
-def _randomize_batch_norms(layer, rng):
-  for weight in layer.weights:
-    if "moving_variance" in weight.name:
-      weight.assign(rng.uniform(0.5, 2.0, weight.shape))
-    elif "moving_mean" in weight.name or "beta" in weight.name:
-      weight.assign(rng.normal(0.0, 0.5, weight.shape))
-    elif "gamma" in weight.name:
-      weight.assign(rng.uniform(0.5, 1.5, weight.shape))
-
-
 def _conv_bn_relu_numpy(x, layer, stride=1, dilation=1):
   y = _conv_numpy(x, layer.conv.kernel.numpy(), stride, dilation)
   y = _bn_numpy(y, layer.bn)
@@ -67,7 +57,7 @@ def test_conv_bn_relu_matches_numpy(size, kernel_size, strides, dilation):
   layer = convolutions.ConvBNReLU(5, kernel_size, strides=strides, dilation_rate=dilation)
   x = rng.normal(size=(2, *size, 3)).astype(np.float32)
   layer(x)
-  _randomize_batch_norms(layer, rng)
+  helpers.randomize_batch_norms(layer, rng)
   got = layer(x, training=False).numpy()
   want = _conv_bn_relu_numpy(x, layer, strides, dilation)
   assert got.shape == (2, -(-size[0] // strides), -(-size[1] // strides), 5)
@@ -89,7 +79,7 @@ def test_separable_conv_matches_numpy():
   layer = convolutions.SeparableConvBNReLU(6, 5, dilation_rate=2)
   x = rng.normal(size=(2, 9, 11, 4)).astype(np.float32)
   layer(x)
-  _randomize_batch_norms(layer, rng)
+  helpers.randomize_batch_norms(layer, rng)
   np.testing.assert_allclose(layer(x, training=False).numpy(), _separable_numpy(x, layer, 2),
                              rtol=1e-4, atol=1e-4)
   # depthwise 5·5·4 + pointwise 4·6, plus BN γ/β for 4 and 6 channels.
@@ -102,7 +92,7 @@ def test_aspp_matches_numpy(use_separable_conv):
   layer = convolutions.ASPP(3, atrous_rates=(1, 2, 3), use_separable_conv=use_separable_conv)
   x = rng.normal(size=(2, 7, 9, 4)).astype(np.float32)
   layer(x)
-  _randomize_batch_norms(layer, rng)
+  helpers.randomize_batch_norms(layer, rng)
   branches = [_conv_bn_relu_numpy(x, layer.conv_1x1)]
   for rate, branch in zip((1, 2, 3), layer.atrous_convs):
     branches.append(_separable_numpy(x, branch, rate) if use_separable_conv
@@ -148,14 +138,7 @@ def test_config_round_trip(make_layer):
   np.testing.assert_allclose(clone(x, training=False).numpy(), want, rtol=1e-6)
 
 
-@pytest.fixture
-def mixed_precision():
-  tf_keras.mixed_precision.set_global_policy("mixed_float16")
-  yield
-  tf_keras.mixed_precision.set_global_policy("float32")
-
-
-def test_xla_unknown_sizes_and_mixed_precision(mixed_precision):  # pylint: disable=redefined-outer-name,unused-argument
+def test_xla_unknown_sizes_and_mixed_precision(mixed_precision):  # pylint: disable=unused-argument
   stem = convolutions.InceptionStem((4, 4, 3))  # strided: explicit padding
   layer = convolutions.ASPP(4, (1, 2, 3))
   forward = tf.function(lambda x: layer(stem(x), training=False), jit_compile=True,

@@ -154,15 +154,6 @@ def test_config_round_trip_xla_and_unknown_sizes(make_layer):
       assert output.shape[:3] == shape[:3]
 
 
-@pytest.fixture(name="mixed_precision")
-def _mixed_precision():
-  tf_keras.mixed_precision.set_global_policy("mixed_float16")
-  try:
-    yield
-  finally:
-    tf_keras.mixed_precision.set_global_policy("float32")
-
-
 @pytest.mark.parametrize("layer_class,scale", [(danet.PositionAttention, 3.0),
                                                (danet.ChannelAttention, 40.0)])
 @pytest.mark.usefixtures("mixed_precision")

@@ -12,6 +12,7 @@ import tensorflow as tf
 import tf_keras
 
 from deeplab_axial.layers import isa
+from tests import helpers
 
 
 def _softmax(x):
@@ -76,21 +77,10 @@ def _isa_reference(x, layer):
   return np.stack(outputs)
 
 
-def _randomize_batch_norms(layer):
-  for weight in layer.weights:
-    name = weight.name.split("/")[-1]
-    if name.startswith("moving_variance"):
-      weight.assign(np.random.uniform(0.5, 2.0, weight.shape))
-    elif name.startswith(("moving_mean", "beta")):
-      weight.assign(0.2 * np.random.randn(*weight.shape))
-    elif name.startswith("gamma"):
-      weight.assign(np.random.uniform(0.5, 1.5, weight.shape))
-
-
 def _built_layer(x, **kwargs):
   layer = isa.InterlacedSparseSelfAttention(**kwargs)
   layer(x)
-  _randomize_batch_norms(layer)
+  helpers.randomize_batch_norms(layer, np.random.default_rng(0))
   return layer
 
 
@@ -182,15 +172,6 @@ def test_training_step_is_finite_with_padding():
     loss = tf.reduce_mean(layer(x, training=True) ** 2)
   gradients = tape.gradient(loss, layer.trainable_weights)
   assert all(np.all(np.isfinite(g.numpy())) for g in gradients)
-
-
-@pytest.fixture(name="mixed_precision")
-def _mixed_precision():
-  tf_keras.mixed_precision.set_global_policy("mixed_float16")
-  try:
-    yield
-  finally:
-    tf_keras.mixed_precision.set_global_policy("float32")
 
 
 @pytest.mark.usefixtures("mixed_precision")

@@ -5,6 +5,7 @@ import tensorflow as tf
 import tf_keras
 
 from deeplab_axial.layers import jpu
+from tests import helpers
 
 
 def _conv_same(x, kernel, dilation=1, depthwise=False):
@@ -56,15 +57,6 @@ def _jpu_reference(features, layer):
   return np.concatenate(outputs, axis=-1)
 
 
-def _randomize_batch_norms(layer):
-  for weight in layer.weights:
-    name = weight.name.split("/")[-1]
-    if name.startswith("moving_variance"):
-      weight.assign(np.random.uniform(0.5, 2.0, weight.shape))
-    elif name.startswith(("moving_mean", "beta")):
-      weight.assign(0.2 * np.random.randn(*weight.shape))
-
-
 def _features(os8_size, channels=(4, 6, 8), batch=2):
   """Features of a backbone whose OS-8 map is os8_size: ceil-halved like 'same' strides."""
   sizes = [os8_size]
@@ -79,7 +71,7 @@ def test_matches_numpy_reference_and_output_stride(os8_size):
   features = _features(os8_size)
   layer = jpu.JointPyramidUpsampling(filters=5, dilation_rates=(1, 2, 3))
   layer(features)
-  _randomize_batch_norms(layer)
+  helpers.randomize_batch_norms(layer, np.random.default_rng(0))
   y = layer(features, training=False).numpy()
   assert y.shape == (2, *os8_size, 15)
   np.testing.assert_allclose(y, _jpu_reference(features, layer), atol=1e-4)

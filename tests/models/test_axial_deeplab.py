@@ -1,22 +1,10 @@
 """Axial-DeepLab presets: outputs, parameter counts vs AD Tab. 2, CPU training steps."""
-import importlib.util
-import os
-
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from deeplab_axial.models.meta.axial_deeplab import axial_deeplab
-
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _training_script():
-  spec = importlib.util.spec_from_file_location(
-      "axial_deeplab_training", os.path.join(_REPO, "benchmarks", "axial_deeplab_training.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from tests.reference import panoptic_training
 
 
 @pytest.mark.slow
@@ -51,14 +39,12 @@ def test_parameters_within_four_percent_of_paper(name, paper, span):
 
 @pytest.mark.slow
 def test_s_one_training_step_at_513():
-  script = _training_script()
-  first, _, _, _ = script.run("axial_deeplab_s", 513, steps=1)
+  first, _, _, _ = panoptic_training.run("axial_deeplab_s", 513, steps=1)
   assert np.isfinite(first)
 
 
 @pytest.mark.slow
 def test_small_model_loss_decreases_over_20_steps():
-  script = _training_script()
-  first, last, _, _ = script.run("axial_deeplab_s", 33, steps=20, width_multiplier=0.125,
-                                 span=5)
+  first, last, _, _ = panoptic_training.run("axial_deeplab_s", 33, steps=20,
+                                            width_multiplier=0.125, span=5)
   assert last < 0.7 * first

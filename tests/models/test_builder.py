@@ -4,33 +4,23 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-import tf_keras
 
 from deeplab_axial import config as config_lib
 from deeplab_axial.data import datasets
 from deeplab_axial.models import builder
+from tests import helpers
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _SHAPES = datasets.get_dataset_info("shapes")
 _WIDTHS = {"res2": 8, "res3": 12, "res4": 16, "res5": 32}
 
 
-def _tiny_backbone(backbone_options, batch_norm_momentum=0.99, batch_norm_epsilon=1e-3):
-  """A conv per endpoint with the strides of a ResNet capped at output_stride."""
-  del batch_norm_momentum, batch_norm_epsilon
-  images = tf_keras.Input((None, None, 3))
-  x, stride, endpoints = images, 1, {}
-  for index, (name, channels) in enumerate(_WIDTHS.items()):
-    step = 4 if index == 0 else (2 if stride * 2 <= backbone_options.output_stride else 1)
-    stride *= step
-    x = tf_keras.layers.Conv2D(channels, 3, strides=step, padding="same")(x)
-    endpoints[name] = x
-  return tf_keras.Model(images, endpoints, name="tiny_backbone")
-
-
 @pytest.fixture
 def tiny_backbone(monkeypatch):
-  monkeypatch.setattr(builder, "build_backbone", _tiny_backbone)
+  monkeypatch.setattr(
+      builder, "build_backbone",
+      lambda options, *unused_batch_norm: helpers.tiny_backbone(
+          _WIDTHS, output_stride=options.output_stride))
 
 
 def _semantic_config(head, output_stride=16, body="", extra=""):

@@ -9,21 +9,12 @@ import tf_keras
 from deeplab_axial import losses
 from deeplab_axial.models.gated_scnn import gated_scnn
 from deeplab_axial.ops import boundaries
-
-
-def _tiny_backbone():
-  images = tf_keras.Input((None, None, 3))
-  endpoints, features = {}, images
-  for index, (name, stride) in enumerate((("res2", 4), ("res3", 2), ("res4", 2),
-                                          ("res5", 1))):
-    features = tf_keras.layers.Conv2D(4 * (index + 1), 3, strides=stride, padding="same",
-                                      activation="relu")(features)
-    endpoints[name] = features
-  return tf_keras.Model(images, endpoints, name="tiny_backbone")
+from tests import helpers
 
 
 def _model():
-  return gated_scnn(_tiny_backbone(), 3, shape_stream_filters=(4, 4, 2),
+  backbone = helpers.tiny_backbone({"res2": 4, "res3": 8, "res4": 12, "res5": 16})
+  return gated_scnn(backbone, 3, shape_stream_filters=(4, 4, 2),
                     shape_stream_stem_filters=4, aspp_filters=4, atrous_rates=(1, 2),
                     decoder_filters=4, low_level_filters=2)
 

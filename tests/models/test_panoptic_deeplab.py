@@ -8,21 +8,16 @@ import tf_keras
 
 from deeplab_axial.models.meta import panoptic_deeplab
 
+from tests import helpers
+
 _NUM_CLASSES = 5
 
 
-def _tiny_backbone(input_shape=(None, None, 3), channels=(8, 12, 16)):
-  """Plain-Keras backbone: res2 (OS 4), res3 (OS 8), res5 (OS 16)."""
-  images = tf_keras.Input(input_shape)
-  x = tf_keras.layers.Conv2D(4, 3, strides=2, padding="same")(images)
-  res2 = tf_keras.layers.Conv2D(channels[0], 3, strides=2, padding="same", activation="relu")(x)
-  res3 = tf_keras.layers.Conv2D(channels[1], 3, strides=2, padding="same", activation="relu")(res2)
-  res5 = tf_keras.layers.Conv2D(channels[2], 3, strides=2, padding="same", activation="relu")(res3)
-  return tf_keras.Model(images, {"res2": res2, "res3": res3, "res5": res5}, name="tiny")
+_TINY_WIDTHS = {"res2": 8, "res3": 12, "res5": 16}
 
 
 def _tiny_model(input_shape=None, **kwargs):
-  backbone = _tiny_backbone(input_shape or (None, None, 3))
+  backbone = helpers.tiny_backbone(_TINY_WIDTHS, input_shape=input_shape or (None, None, 3))
   kwargs = {"aspp_channels": 8, "atrous_rates": (1, 2, 3), "semantic_decoder_channels": 8,
             "instance_decoder_channels": 6, "semantic_low_level_projections": (4, 2),
             "instance_low_level_projections": (3, 2), "semantic_head_channels": 8,
@@ -191,14 +186,7 @@ def test_layer_configs_round_trip():
     assert type(layer).from_config(config).get_config() == config
 
 
-@pytest.fixture
-def mixed_precision():
-  tf_keras.mixed_precision.set_global_policy("mixed_float16")
-  yield
-  tf_keras.mixed_precision.set_global_policy("float32")
-
-
-def test_mixed_precision_outputs_float32(mixed_precision):  # pylint: disable=redefined-outer-name,unused-argument
+def test_mixed_precision_outputs_float32(mixed_precision):  # pylint: disable=unused-argument
   model = _tiny_model()
   outputs = model(tf.random.uniform([1, 33, 33, 3], 0, 255), training=False)
   assert all(v.dtype == tf.float32 for v in outputs.values())
@@ -249,6 +237,6 @@ def test_bad_backbones_raise():
   with pytest.raises(ValueError, match=r"\['res3', 'res2'\] are missing"):
     panoptic_deeplab.panoptic_deeplab(missing, 3)
   with pytest.raises(ValueError, match="num_classes"):
-    panoptic_deeplab.panoptic_deeplab(_tiny_backbone(), 0)
+    panoptic_deeplab.panoptic_deeplab(helpers.tiny_backbone(_TINY_WIDTHS), 0)
   with pytest.raises(ValueError, match="output_stride"):
     panoptic_deeplab.panoptic_deeplab_resnet50(3, output_stride=4)

@@ -109,9 +109,9 @@ def _relative_error(got, want):
   return np.abs(got - want).max() / np.abs(want).max()
 
 
-def test_logits_match_pytorch_reference(csrhddlam, resnet50_classifier):
+def test_logits_match_pytorch_reference(official_resnet, resnet50_classifier):
   torch = importlib.import_module("torch")
-  reference = importlib.import_module(f"{csrhddlam.__name__}.resnet")
+  reference = official_resnet
   torch.manual_seed(0)
   torch_model = reference.resnet50().eval()
   assert sum(p.numel() for p in torch_model.parameters()) == _RESNET50_PARAMETERS
@@ -125,9 +125,9 @@ def test_logits_match_pytorch_reference(csrhddlam, resnet50_classifier):
   assert _relative_error(got, want) < 1e-4
 
 
-def test_dilated_endpoints_match_pytorch_reference(csrhddlam):
+def test_dilated_endpoints_match_pytorch_reference(official_resnet):
   torch = importlib.import_module("torch")
-  reference = importlib.import_module(f"{csrhddlam.__name__}.resnet")
+  reference = official_resnet
   torch.manual_seed(1)
   # Output stride 8 = torchvision's replace_stride_with_dilation on stages 4 and 5.
   torch_model = reference.resnet50(replace_stride_with_dilation=[False, True, True]).eval()
@@ -160,14 +160,7 @@ def test_config_round_trip_and_training_step():
   assert all(g is not None and np.isfinite(g.numpy()).all() for g in gradients)
 
 
-@pytest.fixture
-def mixed_precision():
-  tf_keras.mixed_precision.set_global_policy("mixed_float16")
-  yield
-  tf_keras.mixed_precision.set_global_policy("float32")
-
-
-def test_mixed_precision(mixed_precision):  # pylint: disable=redefined-outer-name,unused-argument
+def test_mixed_precision(mixed_precision):  # pylint: disable=unused-argument
   model = resnet.resnet50(num_classes=10, stem="inception", output_stride=16)
   logits = model(tf.random.normal([1, 33, 33, 3]), training=False)
   assert logits.dtype == tf.float32 and np.isfinite(logits.numpy()).all()

@@ -1,15 +1,10 @@
 """Tests of generate_panoptic_targets against hand-computed cases and a NumPy reference."""
-import os
-import sys
-
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from deeplab_axial.ops import generate_panoptic_targets
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from panoptic_numpy_reference import panoptic_targets_reference  # noqa: E402
+from tests.reference.panoptic_numpy import panoptic_targets_reference
 
 DIVISOR = 1000
 IGNORE = 255

@@ -1,17 +1,12 @@
 """Tests of panoptic_inference against a NumPy reference and hand-built cases."""
-import os
-import sys
-
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from deeplab_axial.ops import find_centers
 from deeplab_axial.ops import panoptic_inference
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from panoptic_numpy_reference import panoptic_inference_reference  # noqa: E402
-from panoptic_numpy_reference import softmax  # noqa: E402
+from tests.reference.panoptic_numpy import panoptic_inference_reference
+from tests.reference.panoptic_numpy import softmax
 
 DIVISOR = 1000
 VOID = 255 * DIVISOR

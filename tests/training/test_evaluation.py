@@ -4,6 +4,7 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
+from deeplab_axial.data import encoding
 from deeplab_axial.data import prediction_writers
 from deeplab_axial.metrics import InstanceAP, MeanIoU, PanopticQuality
 from deeplab_axial.training import evaluation
@@ -169,7 +170,7 @@ def test_evaluator_matches_direct_metrics(use_strategy, request, tmp_path):
   # Written predictions: one PNG per image, named by image_id, holding the predicted segments.
   written = {a["image_id"]: a for a in writer.annotations}
   assert sorted(written) == sorted(f"img_{i}" for i in range(8))
-  ids = prediction_writers.rgb_to_id(
+  ids = encoding.rgb_to_id(
       np.asarray(Image.open(f"{writer.png_dir}/img_5_panoptic.png")))
   expected_ids = np.where(pred[5] % DIVISOR > 0, (pred[5] // DIVISOR + 7) * 1000 + pred[5] %
                           DIVISOR, pred[5] // DIVISOR + 7)

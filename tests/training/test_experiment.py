@@ -10,37 +10,27 @@ import numpy as np
 from PIL import Image
 import pytest
 import tensorflow as tf
-import tf_keras
 
 from deeplab_axial import config as config_lib
 from deeplab_axial.data import datasets
 from deeplab_axial.data import pipeline
-from deeplab_axial.data import prediction_writers
+from deeplab_axial.data import encoding
 from deeplab_axial.data.converters import imagenet
 from deeplab_axial.data.converters import shapes
 from deeplab_axial.models import builder
 from deeplab_axial.training import experiment
+from tests import helpers
 
 _WIDTHS = {"res2": 8, "res3": 8, "res4": 16, "res5": 16}
 
 
-def _tiny_backbone(backbone_options, batch_norm_momentum=0.99, batch_norm_epsilon=1e-3):
-  """A conv + BN per endpoint with ResNet strides capped at output_stride."""
-  images = tf_keras.Input((None, None, 3))
-  x, stride, endpoints = images, 1, {}
-  for index, (name, channels) in enumerate(_WIDTHS.items()):
-    step = 4 if index == 0 else (2 if stride * 2 <= backbone_options.output_stride else 1)
-    stride *= step
-    x = tf_keras.layers.Conv2D(channels, 3, strides=step, padding="same", use_bias=False)(x)
-    x = tf_keras.layers.BatchNormalization(momentum=batch_norm_momentum,
-                                           epsilon=batch_norm_epsilon)(x)
-    endpoints[name] = tf_keras.layers.ReLU()(x)
-  return tf_keras.Model(images, endpoints, name="tiny_backbone")
-
-
 @pytest.fixture
 def tiny_backbone(monkeypatch):
-  monkeypatch.setattr(builder, "build_backbone", _tiny_backbone)
+  monkeypatch.setattr(
+      builder, "build_backbone",
+      lambda options, batch_norm_momentum=0.99, batch_norm_epsilon=1e-3: helpers.tiny_backbone(
+          _WIDTHS, output_stride=options.output_stride,
+          batch_norm=(batch_norm_momentum, batch_norm_epsilon)))
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +107,7 @@ def test_eval_saves_official_predictions_at_original_size(tiny_backbone, shapes_
   assert sorted(a["image_id"] for a in annotations) == sorted(int(i) for i in image_ids)
   official = set(datasets.get_dataset_info("shapes").official_category_ids)
   for annotation in annotations:
-    ids = prediction_writers.rgb_to_id(np.asarray(Image.open(
+    ids = encoding.rgb_to_id(np.asarray(Image.open(
         os.path.join(output_dir, "panoptic", annotation["file_name"]))))
     assert ids.shape == (33, 33)
     segments = annotation["segments_info"]

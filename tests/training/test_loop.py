@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
+from deeplab_axial import progress as progress_lib
 from deeplab_axial.training import loop
 
 _GLOBAL_BATCH = 4
@@ -136,4 +137,5 @@ def test_progress_line_reports_step_loss_throughput_and_eta():
   progress.report(10, {"total": 1.5, "semantic": 1.0})
   assert lines[0].startswith("step 10/100 (10.0%) | loss 1.5000 (semantic 1.0000)")
   assert "img/s" in lines[0] and "ETA 0:" in lines[0]
-  assert loop.format_duration(3725) == "1:02:05"
+  assert progress_lib.format_duration(3725) == "1:02:05"
+  assert progress_lib.format_duration(float("inf")) == "--:--:--"

@@ -17,9 +17,7 @@ import dataclasses
 import io
 import json
 import os
-import sys
 import threading
-import time
 from typing import Callable, Dict, Optional, Sequence, Tuple, TypeVar
 
 from absl import logging
@@ -27,6 +25,8 @@ import numpy as np
 from PIL import Image
 import tensorflow as tf
 
+from deeplab_axial import errors
+from deeplab_axial import progress as progress_lib
 from deeplab_axial.data import datasets
 from deeplab_axial.data import encoding
 from deeplab_axial.data.encoding import Keys
@@ -34,7 +34,7 @@ from deeplab_axial.data.encoding import Keys
 Task = TypeVar("Task")
 
 
-class ConversionError(ValueError):
+class ConversionError(errors.UserError, ValueError):
   """A bad input example; the message names the file and the problem."""
 
 
@@ -157,50 +157,6 @@ def classification_example(image: ImageData, label: int, *, class_name: str, ima
   return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
 
 
-class ProgressBar:
-  """A thread-safe one-line stderr progress bar with count, rate and ETA."""
-
-  def __init__(self, total: int, description: str, stream=None, min_interval: float = 0.5):
-    self._total = total
-    self._description = description
-    self._stream = stream if stream is not None else sys.stderr
-    self._min_interval = min_interval
-    self._done = 0
-    self._start = time.monotonic()
-    self._last_draw = 0.0
-    self._lock = threading.Lock()
-
-  def update(self, count: int = 1) -> None:
-    with self._lock:
-      self._done += count
-      now = time.monotonic()
-      if now - self._last_draw >= self._min_interval or self._done >= self._total:
-        self._last_draw = now
-        self._draw(now)
-
-  def close(self) -> None:
-    with self._lock:
-      self._draw(time.monotonic())
-      self._stream.write("\n")
-      self._stream.flush()
-
-  def _draw(self, now: float) -> None:
-    elapsed = max(now - self._start, 1e-9)
-    rate = self._done / elapsed
-    remaining = (self._total - self._done) / rate if rate > 0 else float("inf")
-    percent = 100.0 * self._done / self._total if self._total else 100.0
-    self._stream.write(f"\r{self._description}: {self._done}/{self._total} "
-                       f"({percent:5.1f}%) {rate:7.1f} ex/s ETA {format_duration(remaining)}")
-    self._stream.flush()
-
-
-def format_duration(seconds: float) -> str:
-  if seconds == float("inf"):
-    return "--:--:--"
-  seconds = int(round(seconds))
-  return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
 def shard_path(output_dir: str, split: str, index: int, num_shards: int) -> str:
   return os.path.join(output_dir, f"{split}-{index:05d}-of-{num_shards:05d}.tfrecord")
 
@@ -260,7 +216,7 @@ def write_sharded_tfrecords(tasks: Sequence[Task], process: Callable[[Task], byt
       of failing; they are listed in the manifest under `bad_examples`.
     describe: task -> short string for logs.
     dataset_info: written to `dataset_info.json`.
-    show_progress: draw the stderr progress bar.
+    show_progress: draw a progress bar on stdout.
 
   Returns:
     The manifest dict (`num_examples`, `shards`, `bad_examples`, ...).
@@ -299,7 +255,7 @@ def write_sharded_tfrecords(tasks: Sequence[Task], process: Callable[[Task], byt
                  num_shards)
 
   remaining = sum(np.diff(_shard_bounds(len(tasks), num_shards, i))[0] for i in todo)
-  progress = ProgressBar(int(remaining), f"{split}") if show_progress else None
+  progress = progress_lib.ProgressBar(int(remaining), f"{split}") if show_progress else None
   cancel = threading.Event()
 
   def write_shard(index: int):
@@ -364,7 +320,7 @@ def check_split(split: str, allowed: Sequence[str]) -> str:
   return split
 
 
-__all__ = ["ConversionError", "ImageData", "ProgressBar", "classification_example",
+__all__ = ["ConversionError", "ImageData", "classification_example",
            "file_pattern", "manifest_path", "panoptic_example", "read_image",
            "read_manifest", "read_rgb_png", "shard_path", "write_sharded_tfrecords"]
 

@@ -1,0 +1,1 @@
+"""References shared by tests, fixture generators and benchmarks (imported as `tests.reference`)."""
