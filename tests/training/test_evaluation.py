@@ -1,4 +1,5 @@
-"""Test-time augmentation against NumPy, and the Evaluator's wiring (single / distributed)."""
+"""Test-time augmentation against NumPy, and the eval loop with the panoptic evaluator
+(single / distributed, padded last batch, strings kept on the host)."""
 import numpy as np
 from PIL import Image
 import pytest
@@ -6,6 +7,9 @@ import tensorflow as tf
 
 from deeplab_axial.data import prediction_writers
 from deeplab_axial.metrics import InstanceAP, MeanIoU, PanopticQuality
+from deeplab_axial.tasks import panoptic
+from deeplab_axial.tasks import post_processing
+from deeplab_axial.tasks import tta
 from deeplab_axial.training import evaluation
 
 NUM_CLASSES, IGNORE, DIVISOR, THINGS = 4, 255, 1000, (2, 3)
@@ -28,7 +32,7 @@ def pixelwise_model(images):
 
 def test_flip_matches_numpy():
   images = np.random.default_rng(0).uniform(0, 255, (2, 5, 7, 3)).astype(np.float32)
-  result = evaluation.predict_with_tta(pixelwise_model, images, flip=True)
+  result = tta.predict_with_tta(pixelwise_model, images, flip=True)
   np.testing.assert_allclose(result["semantic_probs"], _softmax(images / 50.0), atol=1e-6)
   np.testing.assert_allclose(result["center_heatmap"], images[..., :1] / 255.0, atol=1e-6)
   np.testing.assert_allclose(result["center_offset"][..., 0], images[..., 1] / 10.0,
@@ -53,7 +57,7 @@ def test_multi_scale_matches_numpy(flip):
   images = np.full((2, 8, 12, 3), 100.0, np.float32)
   scales = (1.0, 0.5, 0.75)
   sizes = [(8, 12), (4, 6), (6, 9)]
-  result = evaluation.predict_with_tta(size_model, images, scales=scales, flip=flip)
+  result = tta.predict_with_tta(size_model, images, scales=scales, flip=flip)
   probs = np.mean([_softmax(np.array([h / 4, w / 4, 0.0])) for h, w in sizes], axis=0)
   dy = np.mean([8 / h for h, _ in sizes])
   dx = 0.0 if flip else np.mean([2 * 12 / w for _, w in sizes])
@@ -67,9 +71,9 @@ def test_multi_scale_matches_numpy(flip):
 def test_tta_in_tf_function_with_unknown_size():
   images = np.random.default_rng(1).uniform(0, 255, (1, 6, 10, 3)).astype(np.float32)
   predict = tf.function(
-      lambda x: evaluation.predict_with_tta(pixelwise_model, x, scales=(1.0, 1.5), flip=True),
+      lambda x: tta.predict_with_tta(pixelwise_model, x, scales=(1.0, 1.5), flip=True),
       input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
-  eager = evaluation.predict_with_tta(pixelwise_model, images, scales=(1.0, 1.5), flip=True)
+  eager = tta.predict_with_tta(pixelwise_model, images, scales=(1.0, 1.5), flip=True)
   graph = predict(images)
   for key, value in eager.items():
     np.testing.assert_allclose(graph[key], value, atol=1e-5)
@@ -77,11 +81,11 @@ def test_tta_in_tf_function_with_unknown_size():
 
 def test_tta_bad_arguments():
   with pytest.raises(ValueError, match="scales"):
-    evaluation.predict_with_tta(pixelwise_model, np.zeros((1, 4, 4, 3)), scales=(0.0,))
+    tta.predict_with_tta(pixelwise_model, np.zeros((1, 4, 4, 3)), scales=(0.0,))
   with pytest.raises(ValueError, match="images must have shape"):
-    evaluation.predict_with_tta(pixelwise_model, np.zeros((4, 4, 3)))
+    tta.predict_with_tta(pixelwise_model, np.zeros((4, 4, 3)))
   with pytest.raises(ValueError, match="center_offset"):
-    evaluation.predict_with_tta(lambda x: {"semantic_logits": x, "center_heatmap": x},
+    tta.predict_with_tta(lambda x: {"semantic_logits": x, "center_heatmap": x},
                                 np.zeros((1, 4, 4, 3)))
 
 
@@ -128,6 +132,27 @@ def fake_post_process(semantic_probs, center_heatmap, center_offset):
           "instance_scores": scores}
 
 
+class _FakePostProcessing(post_processing.PostProcessingOptions):
+  """The dataset's label space with `fake_post_process` instead of panoptic_inference."""
+
+  def __call__(self, semantic_probs, center_heatmap, center_offset):
+    return fake_post_process(semantic_probs, center_heatmap, center_offset)
+
+
+FAKE_POST_PROCESSING = _FakePostProcessing(THINGS, DIVISOR, IGNORE)
+
+
+def _evaluate(dataset, strategy=None, post_processing_options=FAKE_POST_PROCESSING,
+              writer=None, batch_size=4, **evaluator_options):
+  strategy = strategy or tf.distribute.get_strategy()
+  with strategy.scope():
+    evaluator = panoptic.PanopticEvaluator(decoding_model, post_processing_options,
+                                           num_classes=NUM_CLASSES, **evaluator_options)
+  loop = evaluation.EvalLoop(strategy, evaluator,
+                             evaluation.global_eval_batch_size(batch_size, strategy))
+  return loop.evaluate(dataset, prediction_writer=writer)
+
+
 def _direct_metrics(gt, pred):
   """The reference: the (separately verified) metrics applied to the designed prediction."""
   pq = PanopticQuality(NUM_CLASSES, IGNORE, DIVISOR, THINGS)
@@ -149,17 +174,17 @@ def _dataset(gt, images):
       {"image": images, "panoptic": gt, "image_id": ids}).batch(4)
 
 
-@pytest.mark.parametrize("use_strategy", [False, True])
-def test_evaluator_matches_direct_metrics(use_strategy, request, tmp_path):
+@pytest.mark.parametrize("use_strategy,count", [(False, 8), (True, 8), (True, 7)])
+def test_evaluator_matches_direct_metrics(use_strategy, count, request, tmp_path):
+  """With 2 replicas and 7 images in batches of 4, the last batch (3 images) is padded
+  with invalid images: nothing is dropped or counted twice, AP included (gathered from
+  both replicas)."""
   strategy = request.getfixturevalue("two_cpu_strategy") if use_strategy else None
-  gt, pred, images = _example_batch(np.random.default_rng(2), count=8)
+  gt, pred, images = _example_batch(np.random.default_rng(2), count=count)
   writer = prediction_writers.CityscapesPanopticWriter(
       str(tmp_path), DIVISOR, IGNORE, THINGS, category_map={c: c + 7 for c in range(4)})
-  evaluator = evaluation.Evaluator(
-      decoding_model, fake_post_process, num_classes=NUM_CLASSES, ignore_label=IGNORE,
-      label_divisor=DIVISOR, thing_classes=THINGS, strategy=strategy, flip=True,
-      compute_ap=True, prediction_writer=writer)
-  results = evaluator.evaluate(_dataset(gt, images))
+  results = _evaluate(_dataset(gt, images), strategy, writer=writer, flip=True,
+                      compute_ap=True)
   expected = _direct_metrics(gt, pred)
   for key in ("pq", "sq", "rq", "pq_th", "sq_th", "rq_th", "pq_st", "sq_st", "rq_st", "miou",
               "ap", "ap50", "ap75"):
@@ -168,18 +193,22 @@ def test_evaluator_matches_direct_metrics(use_strategy, request, tmp_path):
   assert results["per_class_pq"].shape == (NUM_CLASSES,)
   # Written predictions: one PNG per image, named by image_id, holding the predicted segments.
   written = {a["image_id"]: a for a in writer.annotations}
-  assert sorted(written) == sorted(f"img_{i}" for i in range(8))
+  assert sorted(written) == sorted(f"img_{i}" for i in range(count))
   ids = prediction_writers.rgb_to_id(
       np.asarray(Image.open(f"{writer.png_dir}/img_5_panoptic.png")))
   expected_ids = np.where(pred[5] % DIVISOR > 0, (pred[5] // DIVISOR + 7) * 1000 + pred[5] %
                           DIVISOR, pred[5] // DIVISOR + 7)
   np.testing.assert_array_equal(ids, expected_ids)
-  # A second evaluation starts from fresh metric state.
-  again = evaluation.Evaluator(
-      decoding_model, fake_post_process, num_classes=NUM_CLASSES, ignore_label=IGNORE,
-      label_divisor=DIVISOR, thing_classes=THINGS, strategy=strategy)
-  again.evaluate(_dataset(gt, images))
-  assert again.evaluate(_dataset(gt, images))["pq"] == pytest.approx(expected["pq"], abs=1e-12)
+
+def test_a_second_evaluation_starts_from_fresh_metric_state():
+  gt, pred, images = _example_batch(np.random.default_rng(2), count=8)
+  with tf.distribute.get_strategy().scope():
+    evaluator = panoptic.PanopticEvaluator(decoding_model, FAKE_POST_PROCESSING,
+                                           num_classes=NUM_CLASSES)
+  loop = evaluation.EvalLoop(tf.distribute.get_strategy(), evaluator, 4)
+  loop.evaluate(_dataset(gt, images))
+  assert loop.evaluate(_dataset(gt, images))["pq"] == pytest.approx(
+      _direct_metrics(gt, pred)["pq"], abs=1e-12)
 
 
 def test_evaluator_scores_padded_images_as_their_unpadded_originals(tmp_path):
@@ -199,10 +228,7 @@ def test_evaluator_scores_padded_images_as_their_unpadded_originals(tmp_path):
        "image_id": [f"img_{i}" for i in range(4)]}).batch(4)
   writer = prediction_writers.CityscapesPanopticWriter(
       str(tmp_path), DIVISOR, IGNORE, THINGS, category_map={c: c + 7 for c in range(4)})
-  evaluator = evaluation.Evaluator(
-      decoding_model, fake_post_process, num_classes=NUM_CLASSES, ignore_label=IGNORE,
-      label_divisor=DIVISOR, thing_classes=THINGS, prediction_writer=writer)
-  results = evaluator.evaluate(dataset)
+  results = _evaluate(dataset, writer=writer)
   pq = PanopticQuality(NUM_CLASSES, IGNORE, DIVISOR, THINGS)
   miou = MeanIoU(NUM_CLASSES, IGNORE)
   for i, (height, width) in enumerate(zip(heights, widths)):
@@ -221,25 +247,13 @@ def test_evaluator_scores_padded_images_as_their_unpadded_originals(tmp_path):
     assert written.shape[:2] == (height, width)
 
 
-def test_evaluator_reports_missing_outputs():
-  gt, _, images = _example_batch(np.random.default_rng(3), count=4)
-  evaluator = evaluation.Evaluator(
-      decoding_model, lambda p, h, o: {"panoptic": tf.zeros(tf.shape(p)[:3], tf.int32)},
-      num_classes=NUM_CLASSES, ignore_label=IGNORE, label_divisor=DIVISOR,
-      thing_classes=THINGS)
-  with pytest.raises(ValueError, match=r"lack \['semantic'\]"):
-    evaluator.evaluate(_dataset(gt, images))
-
-
-def test_default_post_processor_fits_the_evaluator():
+def test_real_post_processing_fits_the_evaluator():
   """The real `ops.panoptic_inference` plugs in (interface check, values only bounded)."""
   gt, _, images = _example_batch(np.random.default_rng(4), count=2)
-  evaluator = evaluation.Evaluator(
-      decoding_model,
-      evaluation.default_post_processor(THINGS, DIVISOR, IGNORE, stuff_area=0),
-      num_classes=NUM_CLASSES, ignore_label=IGNORE, label_divisor=DIVISOR,
-      thing_classes=THINGS, compute_ap=True)
-  results = evaluator.evaluate(_dataset(gt, images).rebatch(2))
+  results = _evaluate(
+      _dataset(gt, images).rebatch(2),
+      post_processing_options=post_processing.PostProcessingOptions(
+          THINGS, DIVISOR, IGNORE, stuff_area=0), batch_size=2, compute_ap=True)
   for key in ("pq", "miou", "ap"):
     assert 0.0 <= results[key] <= 1.0
   assert results["miou"] > 0.5  # Semantic predictions decode correctly.
