@@ -6,9 +6,11 @@ model, targets, loss, input pipelines, evaluation and serving signature; the tra
 this interface only. Evaluation is split in two so that one distributed loop
 (`deeplab_axial.training.evaluation.evaluate`) serves every task:
 
-* `TaskEvaluator.replica_step(batch, with_predictions)` runs inside `strategy.run` on
-  numeric tensors only (TPU/XLA-safe: no strings, no host calls); it updates the
-  streaming metrics and returns the numeric per-image outputs the host needs;
+* inside `strategy.run`, on numeric tensors only (TPU/XLA-safe: no strings, no host
+  calls): `TaskEvaluator.predict(batch)` (model, TTA, post-processing; stateless, so the
+  loop may XLA-compile it) then `TaskEvaluator.update(batch, predictions,
+  with_predictions)`, which updates the streaming metrics and returns the numeric
+  per-image outputs the host needs;
 * `TaskEvaluator.host_update(batch, gathered, writer)` runs on the host with the whole
   global batch (string features included) and those outputs gathered from every replica
   of every worker: host-side metrics (COCO AP) and prediction writers.
@@ -23,6 +25,7 @@ from typing import Mapping, Optional, Sequence
 import tensorflow as tf
 
 from deeplab_axial import losses as losses_lib
+from deeplab_axial import ops
 from deeplab_axial.models import builder
 
 
@@ -31,9 +34,17 @@ class TaskEvaluator(abc.ABC):
   scope, so metric variables sum across replicas and workers)."""
 
   @abc.abstractmethod
-  def replica_step(self, batch: Mapping[str, tf.Tensor], with_predictions: bool = False
-                   ) -> Mapping[str, tf.Tensor]:
-    """Per-replica step on numeric features; returns per-image outputs for the host."""
+  def predict(self, batch: Mapping[str, tf.Tensor]) -> Mapping[str, tf.Tensor]:
+    """Per-replica predictions of a batch of numeric features (no state change)."""
+
+  @abc.abstractmethod
+  def update(self, batch: Mapping[str, tf.Tensor], predictions: Mapping[str, tf.Tensor],
+             with_predictions: bool = False) -> Mapping[str, tf.Tensor]:
+    """Updates the streaming metrics; returns the per-image outputs the host needs
+    (e.g. for AP, or every prediction when `with_predictions`), possibly none."""
+
+  def replica_step(self, batch, with_predictions=False):
+    return self.update(batch, self.predict(batch), with_predictions)
 
   def host_update(self, batch, gathered, writer=None):
     """Host side of a global batch (NumPy, padding removed); default: nothing."""
@@ -123,4 +134,15 @@ def valid_mask(batch, rank):
   return tf.reshape(valid, [-1] + [1] * (rank - 1))
 
 
-__all__ = ["Task", "TaskEvaluator", "valid_mask"]
+def inside_valid_images(batch, shape):
+  """bool `[b, h, w]` (for maps of `shape` `[b, h, w, ...]`): inside each image's
+  original `height x width` (the whole map when the batch has no sizes) and False on
+  padding images."""
+  valid = valid_mask(batch, 1)
+  heights = batch["height"] if "height" in batch else tf.fill([shape[0]], shape[1])
+  widths = batch["width"] if "width" in batch else tf.fill([shape[0]], shape[2])
+  return ops.inside_images_mask(tf.where(valid, heights, 0), tf.where(valid, widths, 0),
+                                shape[1], shape[2])
+
+
+__all__ = ["Task", "TaskEvaluator", "inside_valid_images", "valid_mask"]

@@ -71,12 +71,14 @@ class ClassificationEvaluator(base.TaskEvaluator):
     self.metrics = {name: tf_keras.metrics.SparseTopKCategoricalAccuracy(
         k=self.TOP_K[name], name=name) for name in metrics}
 
-  def replica_step(self, batch, with_predictions=False):
+  def predict(self, batch):
+    return {"logits": tf.cast(self.model_fn(batch["image"], training=False), tf.float32)}
+
+  def update(self, batch, predictions, with_predictions=False):
     del with_predictions
-    logits = tf.cast(self.model_fn(batch["image"], training=False), tf.float32)
-    weights = tf.cast(batch["valid"], tf.float32)
+    weights = tf.cast(batch["valid"], tf.float32)  # padding images count for nothing
     for metric in self.metrics.values():
-      metric.update_state(batch["label"], logits, sample_weight=weights)
+      metric.update_state(batch["label"], predictions["logits"], sample_weight=weights)
     return {}
 
   def reset(self):

@@ -92,30 +92,30 @@ class PanopticEvaluator(base.TaskEvaluator):
   def _void_panoptic(self):
     return self.post_processing.ignore_label * self.post_processing.label_divisor
 
-  def replica_step(self, batch, with_predictions=False):
+  def predict(self, batch):
+    """Panoptic and semantic maps (void outside each image and on padding images), and the
+    instance slots, of a batch."""
     predictions = tta.predict_with_tta(self.model_fn, batch["image"], self.scales, self.flip)
     outputs = self.post_processing(predictions["semantic_probs"],
                                    predictions["center_heatmap"],
                                    predictions["center_offset"])
-    valid = base.valid_mask(batch, 1)
-    shape = tf.shape(outputs["panoptic"])
-    heights = tf.where(valid, batch["height"], 0) if "height" in batch else tf.where(
-        valid, shape[1], 0)
-    widths = tf.where(valid, batch["width"], 0) if "width" in batch else tf.where(
-        valid, shape[2], 0)
     # Predictions on the padding become void, so the metrics see only the original
     # images (as the exported model, which runs on them unpadded, does).
-    inside = ops.inside_images_mask(heights, widths, shape[1], shape[2])
-    panoptic = tf.where(inside, outputs["panoptic"], self._void_panoptic)
-    semantic = tf.where(inside, outputs["semantic"], self.post_processing.ignore_label)
+    inside = base.inside_valid_images(batch, tf.shape(outputs["panoptic"]))
+    predicted = {key: outputs[key] for key in _AP_OUTPUTS}
+    predicted["panoptic"] = tf.where(inside, outputs["panoptic"], self._void_panoptic)
+    predicted["semantic"] = tf.where(inside, outputs["semantic"],
+                                     self.post_processing.ignore_label)
+    return predicted
+
+  def update(self, batch, predictions, with_predictions=False):
     ground_truth = tf.where(base.valid_mask(batch, 3), batch["panoptic"], self._void_panoptic)
-    self.panoptic_quality.update_state(ground_truth, panoptic)
-    self.mean_iou.update_state(ground_truth // self.post_processing.label_divisor, semantic)
+    self.panoptic_quality.update_state(ground_truth, predictions["panoptic"])
+    self.mean_iou.update_state(ground_truth // self.post_processing.label_divisor,
+                               predictions["semantic"])
     if self.instance_ap is None and not with_predictions:
       return {}
-    host = {"panoptic": panoptic}
-    host.update({key: outputs[key] for key in _AP_OUTPUTS})
-    return host
+    return {key: predictions[key] for key in ("panoptic",) + _AP_OUTPUTS}
 
   def host_update(self, batch, gathered, writer=None):
     if self.instance_ap is not None:

@@ -13,7 +13,6 @@ import tensorflow as tf
 
 from deeplab_axial import losses as losses_lib
 from deeplab_axial import metrics as metrics_lib
-from deeplab_axial import ops
 from deeplab_axial.metrics import boundary as boundary_metrics
 from deeplab_axial.ops import boundaries
 from deeplab_axial.ops import panoptic_targets
@@ -118,22 +117,20 @@ class SemanticEvaluator(base.TaskEvaluator):
   def _metrics(self):
     return [m for m in (self.mean_iou, self.boundary_f_score) if m is not None]
 
-  def replica_step(self, batch, with_predictions=False):
-    del with_predictions  # no prediction writer for semantic segmentation yet
+  def predict(self, batch):
+    """The argmax class and the labels, both `ignore_label` outside each image."""
     probabilities = tta.predict_with_tta(self.model_fn, batch["image"], self.scales,
                                          self.flip, keys=tta.SEMANTIC_KEYS)["semantic_probs"]
     prediction = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
-    shape = tf.shape(prediction)
-    valid = base.valid_mask(batch, 1)
-    heights = tf.where(valid, batch["height"], 0) if "height" in batch else tf.where(
-        valid, shape[1], 0)
-    widths = tf.where(valid, batch["width"], 0) if "width" in batch else tf.where(
-        valid, shape[2], 0)
-    inside = ops.inside_images_mask(heights, widths, shape[1], shape[2])
-    prediction = tf.where(inside, prediction, self.ignore_label)
-    labels = tf.where(inside, batch["panoptic"] // self.label_divisor, self.ignore_label)
+    inside = base.inside_valid_images(batch, tf.shape(prediction))
+    return {"semantic": tf.where(inside, prediction, self.ignore_label),
+            "labels": tf.where(inside, batch["panoptic"] // self.label_divisor,
+                               self.ignore_label)}
+
+  def update(self, batch, predictions, with_predictions=False):
+    del batch, with_predictions  # no prediction writer for semantic segmentation yet
     for metric in self._metrics():
-      metric.update_state(labels, prediction)
+      metric.update_state(predictions["labels"], predictions["semantic"])
     return {}
 
   def reset(self):

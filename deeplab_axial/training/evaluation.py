@@ -8,7 +8,10 @@ slice of the numeric features. So:
 * every replica runs the same static per-replica batch (XLA/TPU-friendly), and no image is
   dropped or counted twice whatever the split size;
 * nothing that crosses `strategy.run` is a string, and the replicated step makes no host
-  call (`TaskEvaluator.replica_step` may be XLA-compiled whole: `jit_compile=True`);
+  call; with `jit_compile=True` the prediction (`TaskEvaluator.predict`: model, TTA,
+  post-processing) is XLA-compiled, the metric-variable updates run next to it (as the
+  trainer applies gradients outside its compiled function: XLA on CPU/GPU cannot update
+  a replica's variables from a function shared by the replicas);
 * the per-image outputs the host needs (e.g. panoptic maps and instance scores for COCO
   AP) are gathered from every replica of every worker with `strategy.gather`, so host-side
   metrics see the whole split, exactly as a single replica would.
@@ -54,8 +57,7 @@ class EvalLoop:
     evaluator: a `deeplab_axial.tasks.TaskEvaluator`.
     global_batch_size: images per global batch (a multiple of the number of replicas,
       see `global_eval_batch_size`); the dataset's batches must not be larger.
-    jit_compile: XLA-compile the whole replica step (model, TTA, post-processing and
-      metric updates).
+    jit_compile: XLA-compile each replica's prediction (model, TTA, post-processing).
   """
 
   def __init__(self, strategy, evaluator, global_batch_size, jit_compile=False):
@@ -66,14 +68,17 @@ class EvalLoop:
     self.evaluator = evaluator
     self.global_batch_size = global_batch_size
     self.per_replica_batch_size = global_batch_size // strategy.num_replicas_in_sync
-    self._replica_step = (tf.function(evaluator.replica_step, jit_compile=True)
-                          if jit_compile else evaluator.replica_step)
+    self._predict = (tf.function(evaluator.predict, jit_compile=True) if jit_compile
+                     else evaluator.predict)
     self._step = tf.function(self._distributed_step, reduce_retracing=True)
 
   def _distributed_step(self, batch, with_predictions):
     # `with_predictions` is a Python bool: one trace with and one without.
     outputs = self.strategy.run(self._replica_step, args=(batch, with_predictions))
     return {key: self.strategy.gather(value, axis=0) for key, value in outputs.items()}
+
+  def _replica_step(self, batch, with_predictions):
+    return self.evaluator.update(batch, self._predict(batch), with_predictions)
 
   def distribute(self, numeric):
     """Each replica's slice of a padded global batch of numeric features."""
