@@ -8,6 +8,8 @@ then every field the config's `eval` section sets explicitly, then explicit over
 import dataclasses
 from typing import Tuple
 
+import numpy as np
+
 from deeplab_axial import ops
 
 # `eval` fields that override the dataset's default when the config sets them.
@@ -36,6 +38,8 @@ class PostProcessingOptions:
 
   def __post_init__(self):
     object.__setattr__(self, "thing_class_ids", tuple(int(c) for c in self.thing_class_ids))
+    # The graph compares in float32 (and proto floats are float32): one value either way.
+    object.__setattr__(self, "center_threshold", float(np.float32(self.center_threshold)))
 
   def as_dict(self):
     return dataclasses.asdict(self)
