@@ -3,8 +3,8 @@
 A `Task` (one per `model.meta_architecture`, see `deeplab_axial.tasks.TASKS`) owns its
 model, targets, loss, input pipelines, evaluation and serving signature; the trainer
 (`deeplab_axial.training`) and the exporter (`deeplab_axial.export`) run any task through
-this interface only. Evaluation is split in two so that one distributed loop
-(`deeplab_axial.training.evaluation.evaluate`) serves every task:
+this interface only. Evaluation is split so that one distributed loop
+(`deeplab_axial.training.evaluation.EvalLoop`) serves every task:
 
 * inside `strategy.run`, on numeric tensors only (TPU/XLA-safe: no strings, no host
   calls): `TaskEvaluator.predict(batch)` (model, TTA, post-processing; stateless, so the
@@ -16,8 +16,8 @@ this interface only. Evaluation is split in two so that one distributed loop
   of every worker: host-side metrics (COCO AP) and prediction writers.
 
 Every batch carries a boolean `valid [batch]`: the loop pads the last global batch with
-invalid images so every replica gets the same static batch; `replica_step` must make them
-count for nothing.
+invalid images so every replica gets the same static batch; `predict`/`update` must make
+them count for nothing.
 """
 import abc
 from typing import Mapping, Optional, Sequence
@@ -31,7 +31,13 @@ from deeplab_axial.models import builder
 
 class TaskEvaluator(abc.ABC):
   """Streaming evaluation state of one task over one model (create under the strategy's
-  scope, so metric variables sum across replicas and workers)."""
+  scope, so metric variables sum across replicas and workers).
+
+  Attributes:
+    model_fn: the model evaluated (images -> outputs).
+  """
+
+  model_fn = None
 
   @abc.abstractmethod
   def predict(self, batch: Mapping[str, tf.Tensor]) -> Mapping[str, tf.Tensor]:
@@ -42,9 +48,6 @@ class TaskEvaluator(abc.ABC):
              with_predictions: bool = False) -> Mapping[str, tf.Tensor]:
     """Updates the streaming metrics; returns the per-image outputs the host needs
     (e.g. for AP, or every prediction when `with_predictions`), possibly none."""
-
-  def replica_step(self, batch, with_predictions=False):
-    return self.update(batch, self.predict(batch), with_predictions)
 
   def host_update(self, batch, gathered, writer=None):
     """Host side of a global batch (NumPy, padding removed); default: nothing."""
