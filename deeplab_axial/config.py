@@ -517,6 +517,8 @@ class _Validator:
                   "train.checkpoint_interval", "train.max_to_keep", "train.summary_interval")
     if self._config.train.init_modules and not self._config.train.initial_checkpoint:
       self.error("train.init_modules", "needs train.initial_checkpoint")
+    if self._config.train.allow_partial_init and not self._config.train.initial_checkpoint:
+      self.error("train.allow_partial_init", "needs train.initial_checkpoint")
     self.positive("eval.interval", "eval.batch_size", "eval.resize_size", "eval.top_k")
     self.non_negative("eval.steps", "eval.stuff_area", "eval.continuous_eval_timeout")
     self.check("eval.scales", lambda v: bool(v) and all(s > 0 for s in v),

@@ -189,6 +189,7 @@ def test_solver_cross_field_checks():
   assert "train.steps (100)" in _error(overrides=["solver.warmup_steps: 100"])
   assert "beta_2" in _error(overrides=['solver.optimizer: "radam"', "solver.beta_2: 0.5"])
   assert "needs train.initial_checkpoint" in _error(overrides=['train.init_modules: "backbone"'])
+  assert "train.allow_partial_init" in _error(overrides=["train.allow_partial_init: true"])
 
 
 def test_meta_architecture_and_head_combinations():

@@ -53,15 +53,13 @@ def _predictor(flag_values):
   if not flag_values.checkpoint:
     raise ValueError("--config_file needs --checkpoint")
   from deeplab_axial import config as config_lib
-  from deeplab_axial.export import saved_model
-  from deeplab_axial.models import builder
+  from deeplab_axial.export import from_config
   config = config_lib.load_config(flag_values.config_file, flag_values.config_override)
   info = datasets.get_dataset_info(flag_values.dataset or config.dataset.name)
   cli.say(f"building the model and restoring {flag_values.checkpoint}...")
-  model = builder.build_model(config, info)
-  saved_model.restore_model(model, flag_values.checkpoint)
-  options = saved_model.serving_options_from_config(config, info)
-  return predict.KerasPredictor(model, options), info
+  restored = from_config.restore_from_config(config, flag_values.checkpoint,
+                                             dataset_info=info)
+  return predict.KerasPredictor(restored.model, restored.serving_options), info
 
 
 def main(argv):

@@ -8,10 +8,11 @@ exactly the model the trainer evaluated: same architecture, same post-processing
 import dataclasses
 from typing import Optional, Tuple
 
+from deeplab_axial import checkpoints
 from deeplab_axial import config as config_lib
+from deeplab_axial import tasks
 from deeplab_axial.data import datasets
 from deeplab_axial.export import saved_model
-from deeplab_axial.models import builder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,6 +21,43 @@ class ExportResult:
   export_dir: str
   checkpoint: str
   tflite_path: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoredModel:
+  """A config's model with a checkpoint's weights, and how to serve it."""
+  model: object
+  task: tasks.Task
+  dataset_info: datasets.DatasetInfo
+  serving_options: saved_model.ServingOptions
+  checkpoint: str
+
+
+def restore_from_config(config, checkpoint, *, dataset_info=None, static_size=None,
+                        **serving_fields) -> RestoredModel:
+  """Builds the config's model, restores `checkpoint` and resolves its serving options.
+
+  The one build -> restore -> options sequence behind export and `trainer/predict.py`.
+
+  Args:
+    config: a loaded `ExperimentOptions`.
+    checkpoint: a checkpoint prefix or a model_dir (its latest checkpoint).
+    dataset_info: the `DatasetInfo` (default: `config.dataset.name`'s).
+    static_size: (height, width) of the static serving variant, or None.
+    **serving_fields: further `ServingOptions` serving fields (jit_compile, ...).
+
+  Raises:
+    FileNotFoundError: no checkpoint at `checkpoint`.
+    ValueError: a checkpoint that does not fit the config's model.
+  """
+  dataset_info = dataset_info or datasets.get_dataset_info(config.dataset.name)
+  task = tasks.create_task(config, dataset_info)
+  model = task.build_model()
+  prefix = checkpoints.restore_model(model, checkpoint)
+  options = saved_model.serving_options_from_config(config, dataset_info,
+                                                    static_size=static_size,
+                                                    **serving_fields)
+  return RestoredModel(model, task, dataset_info, options, prefix)
 
 
 def static_size_from_config(config, dataset_info) -> Tuple[int, int]:
@@ -59,18 +97,17 @@ def export_from_config(config, checkpoint, output_dir, *, version=None, overwrit
     FileExistsError: the version exists and `overwrite` is False.
   """
   dataset_info = datasets.get_dataset_info(config.dataset.name)
-  model = builder.build_model(config, dataset_info)
-  prefix = saved_model.restore_model(model, checkpoint)
   static_size = (static_size_from_config(config, dataset_info)
                  if with_preprocessing_crop else None)
-  options = saved_model.serving_options_from_config(
-      config, dataset_info, static_size=static_size, jit_compile=jit_compile,
-      include_semantic_probs=include_semantic_probs)
+  restored = restore_from_config(config, checkpoint, dataset_info=dataset_info,
+                                 static_size=static_size, jit_compile=jit_compile,
+                                 include_semantic_probs=include_semantic_probs)
+  model, prefix = restored.model, restored.checkpoint
   if version is None and config.export.HasField("version"):
     version = config.export.version
   export_dir = saved_model.export_saved_model(
       model, output_dir, version=version, overwrite=overwrite, dataset_info=dataset_info,
-      serving=options,
+      serving=restored.serving_options, task=restored.task,
       metadata={"checkpoint": prefix, "config": config_lib.config_to_text(config)})
   if tflite_output:
     from deeplab_axial.export import tflite  # pylint: disable=import-outside-toplevel

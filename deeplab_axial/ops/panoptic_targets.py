@@ -81,6 +81,38 @@ def _paste_gaussians(center_batch, center_y, center_x, paste_mask, canvas_shape,
   return canvas[:, radius:-radius, radius:-radius]
 
 
+def _semantic_from_masks(semantic, is_void, is_crowd, ignore_label, ignore_crowd):
+  """int32 semantic labels: void (and crowd, if `ignore_crowd`) become `ignore_label`."""
+  ignored = (is_void | is_crowd) if ignore_crowd else is_void
+  return tf.cast(tf.where(ignored, tf.cast(ignore_label, semantic.dtype), semantic),
+                 tf.int32)
+
+
+def semantic_labels(panoptic, *, label_divisor: int, ignore_label: int,
+                    thing_class_ids: Sequence[int], ignore_crowd_in_semantic: bool = False):
+  """The semantic training target of panoptic labels, as in `generate_panoptic_targets`.
+
+  Args:
+    panoptic: int `[..., height, width]` ids `semantic * label_divisor + instance`.
+    label_divisor, ignore_label, thing_class_ids: the dataset's label space.
+    ignore_crowd_in_semantic: crowd pixels (thing class, instance id 0) become
+      `ignore_label` too.
+
+  Returns:
+    int32 `[..., height, width]` class ids (void = `ignore_label`).
+  """
+  panoptic = tf.convert_to_tensor(panoptic)
+  semantic = panoptic // label_divisor
+  is_crowd = tf.zeros_like(semantic, tf.bool)
+  if ignore_crowd_in_semantic:
+    is_thing = tf.reduce_any(tf.equal(semantic[..., None],
+                                      tf.constant(sorted(set(thing_class_ids)) or [-1],
+                                                  semantic.dtype)), axis=-1)
+    is_crowd = is_thing & tf.equal(panoptic % label_divisor, 0)
+  return _semantic_from_masks(semantic, tf.equal(semantic, ignore_label), is_crowd,
+                              ignore_label, ignore_crowd_in_semantic)
+
+
 def generate_panoptic_targets(panoptic,
                               *,
                               label_divisor: int,
@@ -185,11 +217,10 @@ def generate_panoptic_targets(panoptic,
   offset = tf.stack([offset_y, offset_x], axis=-1) * instance_mask[..., tf.newaxis]
 
   is_small = is_instance & tf.less(tf.gather(area, pixel_segment), small_instance_area)
-  semantic_ignored = (is_void | is_crowd) if ignore_crowd_in_semantic else is_void
+  semantic_target = _semantic_from_masks(semantic, is_void, is_crowd, ignore_label,
+                                         ignore_crowd_in_semantic)
   semantic_weights = tf.where(is_small, small_instance_weight, 1.0)
-  semantic_weights = tf.where(semantic_ignored, 0.0, semantic_weights)
-  semantic_target = tf.cast(tf.where(semantic_ignored, tf.cast(ignore_label, tf.int64),
-                                     semantic), tf.int32)
+  semantic_weights = tf.where(tf.equal(semantic_target, ignore_label), 0.0, semantic_weights)
 
   targets = {
       "semantic": semantic_target,

@@ -2,9 +2,9 @@
 
 This is the logic behind `trainer/train.py`: the CLI only parses flags. What differs
 between panoptic segmentation, semantic segmentation and classification (model, losses,
-input pipeline, evaluation) lives in `deeplab_axial.training.tasks`; this module holds
-the shared mechanics (checkpoints and resume, initial checkpoints, evaluation schedule,
-`eval_metrics.json`).
+input pipeline, evaluation) lives in `deeplab_axial.tasks`; this module holds the shared
+mechanics (checkpoints and resume, initial checkpoints, evaluation schedule,
+`eval_metrics.json`), and `training.evaluation` the one distributed eval loop.
 """
 import json
 import os
@@ -15,16 +15,17 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from deeplab_axial import checkpoints
 from deeplab_axial import config as config_lib
 from deeplab_axial.data import datasets
-from deeplab_axial.data import prediction_writers
+from deeplab_axial import tasks
 from deeplab_axial.models import builder
 from deeplab_axial.training import distribution
+from deeplab_axial.training import evaluation
 from deeplab_axial.training import loop
 from deeplab_axial.training import optimizers
 from deeplab_axial.training import summaries
 from deeplab_axial.training import sync_batch_norm
-from deeplab_axial.training import tasks
 
 TrainingDivergedError = loop.TrainingDivergedError
 
@@ -108,8 +109,7 @@ class _Experiment:
                                    "train")
     eval_patterns = _file_pattern(dataset.eval_file_pattern, data_dir, dataset.name, "eval")
     _ensure_demo_data(info, train_patterns + eval_patterns, data_dir)
-    self.task = tasks.create_task(experiment_config, info, strategy, train_patterns,
-                                  eval_patterns)
+    self.task = tasks.create_task(experiment_config, info, train_patterns, eval_patterns)
     tf_keras.utils.set_random_seed(experiment_config.train.seed)
     with strategy.scope():
       self.model = self.task.build_model()
@@ -126,6 +126,7 @@ class _Experiment:
     self.metrics_path = os.path.join(model_dir, METRICS_FILE)
     self._trainer = None
     self._eval_writer = None
+    self._eval_loop = None
 
   # ----------------------------------------------------------------------------- train
   @property
@@ -146,9 +147,12 @@ class _Experiment:
   def _restore_for_training(self):
     if self.trainer.restore_or_initialize():
       return
-    initial = self.config.train.initial_checkpoint
-    if initial:
-      restore_initial_checkpoint(self.model, initial, self.config.train.init_modules)
+    train = self.config.train
+    if train.initial_checkpoint:
+      report = restore_initial_checkpoint(self.model, train.initial_checkpoint,
+                                          train.init_modules,
+                                          allow_partial=train.allow_partial_init)
+      logging.info("%s", report.summary())
 
   # ------------------------------------------------------------------------------ eval
   def evaluate(self, step):
@@ -158,7 +162,7 @@ class _Experiment:
     if self.config.eval.save_predictions:
       results = self._evaluate_and_save_predictions(step, num_steps)
     else:
-      results = self.task.evaluate(self.model, num_steps=num_steps)
+      results = self._evaluate(num_steps)
     scalars = {k: float(v) for k, v in results.items() if np.ndim(v) == 0}
     logging.info("eval at step %d (%.1f s): %s", step, time.perf_counter() - start,
                  " ".join(f"{k} {v:.4f}" for k, v in sorted(scalars.items())))
@@ -167,7 +171,7 @@ class _Experiment:
     if isinstance(self.task, tasks.PanopticTask):
       # Every worker samples (reading synced BN statistics is collective); the chief writes.
       sample = summaries.sample_panoptic_predictions(
-          self.model, self.task.post_process_fn(self.model), self.task.eval_dataset())
+          self.model, self.task.post_processing, self.task.eval_dataset())
       if distribution.is_chief(self.strategy):
         summaries.write_panoptic_images(self._eval_writer, step, *sample, self.task.info)
         self._eval_writer.flush()
@@ -176,14 +180,20 @@ class _Experiment:
   def _evaluate_and_save_predictions(self, step, num_steps):
     """Evaluates and writes official-format predictions to model_dir/eval_predictions."""
     if distribution.num_workers(self.strategy) > 1:
-      # Each worker sees only its own replicas' predictions.
+      # Every worker holds the gathered predictions and would write the same files.
       raise ValueError("eval.save_predictions works with one worker; with several, write "
                        "predictions with trainer/predict.py")
     output_dir = os.path.join(self.model_dir, PREDICTIONS_DIR, f"step_{step}")
-    writer = prediction_writers.writer_for_dataset(self.task.info, output_dir)
+    writer = self.task.prediction_writer(output_dir)
     with writer:
-      results = self.task.evaluate(self.model, num_steps=num_steps, prediction_writer=writer)
+      results = self._evaluate(num_steps, prediction_writer=writer)
     logging.info("wrote %d predictions to %s", len(writer.annotations), output_dir)
+    return results
+
+  def _evaluate(self, num_steps, prediction_writer=None):
+    results, self._eval_loop = evaluation.evaluate_task(
+        self.task, self.model, self.strategy, num_steps=num_steps,
+        prediction_writer=prediction_writer, loop=self._eval_loop)
     return results
 
   def _record_metrics(self, step, scalars):
@@ -199,9 +209,8 @@ class _Experiment:
     self._eval_writer.flush()
 
   def _restore_for_eval(self, checkpoint_path):
-    checkpoint = tf.train.Checkpoint(model=self.model)
-    checkpoint.restore(checkpoint_path).expect_partial()
-    return checkpoint_step(checkpoint_path)
+    checkpoints.restore_model(self.model, checkpoint_path)
+    return checkpoints.step_of(checkpoint_path)
 
   # ------------------------------------------------------------------------------ modes
   def run(self, mode):
@@ -253,61 +262,23 @@ def read_metrics(path):
     return json.load(f)
 
 
-def checkpoint_step(path):
-  """The step number at the end of a checkpoint prefix such as `.../ckpt-1200`."""
-  try:
-    return int(path.rsplit("-", 1)[1])
-  except (IndexError, ValueError) as e:
-    raise ValueError(f"checkpoint path {path!r} does not end in -<step>") from e
-
-
-def restore_initial_checkpoint(model, checkpoint, modules=()):
+def restore_initial_checkpoint(model, checkpoint, modules=(), *, allow_partial=False):
   """Initializes `model` (or only its `modules`, e.g. ["backbone"]) from a checkpoint.
 
-  Args:
-    model: the model built by `builder.build_model`.
-    checkpoint: a checkpoint prefix or a directory (its latest checkpoint is used).
-    modules: names of parts to restore; empty restores the whole model.
+  See `deeplab_axial.checkpoints.restore_initial` (relative tables are adapted; missing
+  variables are an error unless `allow_partial`).
 
   Returns:
-    The checkpoint path used.
+    The `checkpoints.RestoreReport`.
 
   Raises:
     FileNotFoundError: no checkpoint at `checkpoint`.
-    ValueError: an unknown module name.
+    ValueError: an unknown module name; `checkpoints.CheckpointMismatchError`.
   """
-  path = resolve_checkpoint(checkpoint)
   parts = {"backbone": builder.find_backbone(model)}
   unknown = [m for m in modules if m not in parts]
   if unknown:
     raise ValueError(f"train.init_modules {unknown} unknown; expected names from "
                      f"{sorted(parts)} (or none for the whole model)")
   items = {m: parts[m] for m in modules} if modules else {"model": model}
-  status = tf.train.Checkpoint(**items).restore(path).expect_partial()
-  try:
-    status.assert_existing_objects_matched()
-    logging.info("Initialized %s from %s; every variable was found.", sorted(items), path)
-  except AssertionError as e:
-    logging.warning("Initialized %s from %s, but some variables were not in the "
-                    "checkpoint and keep their initial values: %s", sorted(items), path, e)
-  return path
-
-
-def resolve_checkpoint(path):
-  """A checkpoint prefix from a prefix or a model directory (its latest checkpoint).
-
-  Raises:
-    FileNotFoundError: when `path` is neither an existing checkpoint prefix (its `.index`
-      file exists) nor a directory holding a checkpoint.
-  """
-  path = os.fspath(path)
-  if tf.io.gfile.exists(path + ".index"):
-    return path
-  if tf.io.gfile.isdir(path):
-    latest = tf.train.latest_checkpoint(path)
-    if latest:
-      return latest
-    raise FileNotFoundError(f"checkpoint directory {path} holds no checkpoint (no "
-                            f"'checkpoint' file naming one)")
-  raise FileNotFoundError(f"checkpoint {path} is neither a checkpoint prefix (no "
-                          f"{path}.index) nor a directory")
+  return checkpoints.restore_initial(items, checkpoint, allow_partial=allow_partial)

@@ -3,7 +3,7 @@ import numpy as np
 import tensorflow as tf
 
 from deeplab_axial import visualization
-from deeplab_axial.training import evaluation
+from deeplab_axial.tasks import tta
 
 PANOPTIC_IMAGE_TAG = "panoptic/image_groundtruth_prediction"
 
@@ -102,9 +102,9 @@ def sample_panoptic_predictions(model_fn, post_process_fn, dataset, max_images=3
   """Predicts the first `max_images` examples of `dataset` on the host (no strategy).
 
   Args:
-    model_fn: images -> dict of head outputs (see `evaluation.predict_with_tta`).
+    model_fn: images -> dict of head outputs (see `tasks.tta.predict_with_tta`).
     post_process_fn: `(semantic_probs, center_heatmap, center_offset) -> dict` with
-      `panoptic`, e.g. `evaluation.default_post_processor(...)`.
+      `panoptic`, e.g. a `tasks.PostProcessingOptions`.
     dataset: a `tf.data.Dataset` of batches with `image` and `panoptic`.
     max_images: how many examples (from the first batch).
 
@@ -114,7 +114,7 @@ def sample_panoptic_predictions(model_fn, post_process_fn, dataset, max_images=3
   """
   batch = next(iter(dataset.take(1)))
   images = batch["image"][:max_images]
-  predictions = evaluation.predict_with_tta(model_fn, images)
+  predictions = tta.predict_with_tta(model_fn, images)
   panoptic = post_process_fn(predictions["semantic_probs"], predictions["center_heatmap"],
                              predictions["center_offset"])["panoptic"]
   return images.numpy(), panoptic.numpy(), batch["panoptic"][:max_images].numpy()

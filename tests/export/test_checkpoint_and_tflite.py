@@ -1,8 +1,9 @@
-"""Checkpoint glue of trainer/export.py and the TFLite conversion of the semantic path."""
+"""Checkpoint restoring for export and the TFLite conversion of the semantic path."""
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from deeplab_axial import checkpoints
 from deeplab_axial.export import saved_model
 from deeplab_axial.export import tflite
 
@@ -17,17 +18,17 @@ def test_restore_from_prefix_or_directory(tmp_path):
   for source in (prefix, str(tmp_path)):
     for variable in fresh.variables:
       variable.assign(tf.zeros_like(variable))
-    assert saved_model.restore_model(fresh, source) == prefix
+    assert checkpoints.restore_model(fresh, source) == prefix
     for a, b in zip(fresh.variables, trained.variables):
       np.testing.assert_array_equal(a.numpy(), b.numpy())
   with pytest.raises(FileNotFoundError, match="neither a checkpoint prefix"):
-    saved_model.resolve_checkpoint(str(tmp_path / "nope"))
+    checkpoints.resolve(str(tmp_path / "nope"))
   empty = tmp_path / "empty"
   empty.mkdir()
   with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
-    saved_model.resolve_checkpoint(str(empty))
+    checkpoints.resolve(str(empty))
   with pytest.raises(ValueError, match="does not match the model"):
-    saved_model.restore_model(export_fixtures.build_tiny_model(5), prefix)
+    checkpoints.restore_model(export_fixtures.build_tiny_model(5), prefix)
 
 
 @pytest.mark.slow

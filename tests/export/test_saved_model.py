@@ -9,7 +9,7 @@ import tensorflow as tf
 from PIL import Image
 
 from deeplab_axial.export import saved_model
-from deeplab_axial.training import evaluation
+from deeplab_axial import tasks
 
 from tests.export import export_fixtures
 
@@ -34,10 +34,8 @@ def _evaluator_path(model, info, images, padded_size):
   images = np.asarray(images, np.float32)
   padded = np.full((len(images), *padded_size, 3), 127.5, np.float32)
   padded[:, :images.shape[1], :images.shape[2]] = images
-  predictions = evaluation.predict_with_tta(model, tf.constant(padded))
-  post_process = evaluation.default_post_processor(
-      info.thing_class_ids, info.label_divisor, info.ignore_label,
-      **export_fixtures.POST_PROCESSING)
+  predictions = tasks.predict_with_tta(model, tf.constant(padded))
+  post_process = tasks.resolve_post_processing(info, **export_fixtures.POST_PROCESSING)
   outputs = post_process(predictions["semantic_probs"], predictions["center_heatmap"],
                          predictions["center_offset"])
   height, width = images.shape[1:3]

@@ -19,7 +19,7 @@ _WIDTHS = {"res2": 8, "res3": 12, "res4": 16, "res5": 32}
 def tiny_backbone(monkeypatch):
   monkeypatch.setattr(
       builder, "build_backbone",
-      lambda options, *unused_batch_norm: helpers.tiny_backbone(
+      lambda options, **unused_batch_norm: helpers.tiny_backbone(
           _WIDTHS, output_stride=options.output_stride))
 
 

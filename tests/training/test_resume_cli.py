@@ -9,6 +9,7 @@ import time
 import pytest
 import tensorflow as tf
 
+from deeplab_axial import checkpoints
 from deeplab_axial.training import experiment
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -79,7 +80,7 @@ def _run_until_first_checkpoint_then_kill(model_dir, data_dir, log_path):
 def test_killed_run_resumes_from_its_checkpoint_and_finished_run_exits(tmp_path):
   model_dir, data_dir = tmp_path / "model", tmp_path / "data"
   saved = _run_until_first_checkpoint_then_kill(model_dir, data_dir, tmp_path / "killed.log")
-  saved_step = experiment.checkpoint_step(saved)
+  saved_step = checkpoints.step_of(saved)
   assert 0 < saved_step < _TOTAL_STEPS, "the run finished before it could be killed"
 
   log = _run(model_dir, data_dir)

@@ -7,7 +7,11 @@ from deeplab_axial import config as config_lib
 from deeplab_axial import losses
 from deeplab_axial.data import datasets
 from deeplab_axial.data.converters import shapes
-from deeplab_axial.training import tasks
+from deeplab_axial import tasks
+from deeplab_axial import ops
+from deeplab_axial.tasks import classification
+from deeplab_axial.tasks import semantic
+from deeplab_axial.training import evaluation
 
 _BATCH, _SIZE, _CLASSES = 4, 6, 3
 
@@ -174,9 +178,9 @@ def test_semantic_evaluator_matches_numpy(shapes_records, use_strategy, two_cpu_
                  train_file_pattern: "{shapes_records['train']}"
                  eval_file_pattern: "{shapes_records['val']}" }}
       eval {{ batch_size: 2 crop_size: [33, 33] }}""")
-  task = tasks.create_task(config, info, strategy, [shapes_records["train"]],
+  task = tasks.create_task(config, info, [shapes_records["train"]],
                            [shapes_records["val"]])
-  results = task.evaluate(_ConstantModel(5, info.num_classes))
+  results, _ = evaluation.evaluate_task(task, _ConstantModel(5, info.num_classes), strategy)
   labels = np.concatenate([b["panoptic"].numpy() // info.label_divisor
                            for b in task.eval_dataset()])
   assert labels.shape == (4, 33, 33)
@@ -192,8 +196,8 @@ def test_semantic_training_batches_hold_labels_and_boundaries(shapes_records):
       model {{ meta_architecture: "semantic" context_head {{ type: "gated_scnn" }} }}
       dataset {{ name: "shapes" crop_size: [33, 33] }}
       train {{ batch_size: 2 }}""")
-  task = tasks.create_task(config, info, tf.distribute.get_strategy(),
-                           [shapes_records["train"]], [shapes_records["val"]])
+  task = tasks.create_task(config, info, [shapes_records["train"]],
+                           [shapes_records["val"]])
   batch = next(iter(task.train_dataset(None)))
   assert set(batch) == {"image", "semantic", "boundary"}
   semantic, boundary = batch["semantic"].numpy(), batch["boundary"].numpy()
@@ -228,8 +232,11 @@ def test_classification_evaluator_matches_numpy_top_k(two_cpu_strategy):
     return tf.gather(table, tf.cast(batch_images[:, 0, 0, 0], tf.int32))
 
   dataset = tf.data.Dataset.from_tensor_slices({"image": images, "label": labels}).batch(4)
-  evaluator = tasks.ClassificationEvaluator(model, strategy=two_cpu_strategy)
-  results = evaluator.evaluate(dataset)
+  with two_cpu_strategy.scope():
+    evaluator = classification.ClassificationEvaluator(model)
+  # 10 images in batches of 4 over 2 replicas: the last batch is padded with 2 invalid
+  # images, which must not count.
+  results = evaluation.EvalLoop(two_cpu_strategy, evaluator, 4).evaluate(dataset)
   ranks = (table > table[np.arange(10), labels][:, None]).sum(1)
   assert results["top1"] == pytest.approx(np.mean(ranks < 1))
   assert results["top5"] == pytest.approx(np.mean(ranks < 5))
@@ -241,5 +248,24 @@ def test_classification_task_rejects_non_square_crops():
       dataset { name: "imagenet" crop_size: [32, 48]
                 augmentation { random_resized_crop: true } }""")
   with pytest.raises(ValueError, match=r"dataset.crop_size \[32, 48\] must be square"):
-    tasks.create_task(config, datasets.get_dataset_info("imagenet"),
-                      tf.distribute.get_strategy(), ["a"], ["b"])
+    tasks.create_task(config, datasets.get_dataset_info("imagenet"), ["a"], ["b"])
+
+
+@pytest.mark.parametrize("ignore_crowd", [False, True])
+def test_semantic_targets_honour_ignore_crowd_in_semantic(ignore_crowd):
+  """Crowd pixels (thing class, instance 0) are ignored only when asked, exactly as in the
+  panoptic task's targets."""
+  info = datasets.get_dataset_info("shapes")
+  thing, stuff, divisor = info.thing_class_ids[0], 4, info.label_divisor
+  assert stuff not in info.thing_class_ids
+  panoptic = np.array([[[thing * divisor, thing * divisor + 3],
+                        [stuff * divisor, info.ignore_label * divisor]]], np.int32)
+  got = semantic.semantic_targets({"image": np.zeros((1, 2, 2, 3), np.float32),
+                                   "panoptic": panoptic}, info,
+                                  ignore_crowd_in_semantic=ignore_crowd)["semantic"]
+  crowd = info.ignore_label if ignore_crowd else thing
+  np.testing.assert_array_equal(got, [[[crowd, thing], [stuff, info.ignore_label]]])
+  panoptic_targets = ops.generate_panoptic_targets(
+      panoptic, label_divisor=divisor, ignore_label=info.ignore_label,
+      thing_class_ids=info.thing_class_ids, ignore_crowd_in_semantic=ignore_crowd)
+  np.testing.assert_array_equal(got, panoptic_targets["semantic"])
