@@ -170,9 +170,10 @@ class Trainer:
     """Restores a checkpoint whose optimizer was grouped differently (see __init__)."""
     if self._optimizer_group_variables is None:
       raise ValueError(
-          f"checkpoint {path} was saved with a different solver.backbone_learning_rate_"
-          "multiplier (one optimizer vs. a separate backbone optimizer) and this trainer "
-          "was given no optimizer_group_variables to map the optimizer state")
+          f"checkpoint {path} was saved with a different "
+          "solver.backbone_learning_rate_multiplier (one optimizer vs. a separate backbone "
+          "optimizer) and this trainer was given no optimizer_group_variables to map the "
+          "optimizer state")
     tf.train.Checkpoint(**self._items_but_optimizer).restore(path).expect_partial()
     with self._strategy.scope():
       optimizers.restore_regrouped_state(self._optimizer, path, "optimizer",
