@@ -141,7 +141,9 @@ class _Experiment:
           steps_per_loop=train.steps_per_loop, checkpoint_interval=train.checkpoint_interval,
           max_to_keep=train.max_to_keep, summary_interval=train.summary_interval,
           jit_compile=train.jit_compile,
-          checkpoint_items={"backbone": builder.find_backbone(self.model)})
+          checkpoint_items={"backbone": builder.find_backbone(self.model)},
+          # Lets a run resume after solver.backbone_learning_rate_multiplier changed.
+          optimizer_group_variables=builder.find_backbone(self.model).trainable_variables)
     return self._trainer
 
   def _restore_for_training(self):

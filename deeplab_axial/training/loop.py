@@ -10,6 +10,7 @@ import tf_keras
 from deeplab_axial import errors
 from deeplab_axial import progress
 from deeplab_axial.training import distribution
+from deeplab_axial.training import optimizers
 
 
 class TrainingDivergedError(errors.UserError, RuntimeError):
@@ -64,13 +65,18 @@ class Trainer:
   `compute_losses(batch, outputs)` runs per replica and returns a dict of scalar losses
   keyed by `loss_names` (which must include "total"), each already divided by the
   *global* batch size, so that the sum over replicas is the global-batch loss.
+
+  `optimizer_group_variables` are the variables a `GroupedOptimizer` would give their own
+  optimizer (the backbone's): with them, a checkpoint saved with the other grouping (a
+  changed `solver.backbone_learning_rate_multiplier`) resumes with its optimizer state.
   """
 
   def __init__(self, *, strategy, model, optimizer, compute_losses, loss_names,
                train_dataset_fn,
                global_batch_size, total_steps, model_dir, steps_per_loop=1,
                checkpoint_interval=1000, max_to_keep=3, summary_interval=100,
-               jit_compile=False, checkpoint_items=None, log_fn=logging.info):
+               jit_compile=False, checkpoint_items=None, optimizer_group_variables=None,
+               log_fn=logging.info):
     if global_batch_size % strategy.num_replicas_in_sync:
       raise ValueError(f"train batch size {global_batch_size} is not divisible by the "
                        f"number of replicas ({strategy.num_replicas_in_sync})")
@@ -104,6 +110,8 @@ class Trainer:
     items = dict(checkpoint_items or {})
     items.update(model=model, optimizer=optimizer, global_step=self._global_step)
     self._checkpoint = tf.train.Checkpoint(**items)
+    self._items_but_optimizer = {k: v for k, v in items.items() if k != "optimizer"}
+    self._optimizer_group_variables = optimizer_group_variables
     # Every worker must save (saving reads distributed variables collectively), but only
     # the chief's files are kept; the others write to a directory removed after training.
     self._checkpoint_dir = model_dir if self._is_chief else os.path.join(
@@ -145,10 +153,31 @@ class Trainer:
     """
     path = tf.train.latest_checkpoint(self._model_dir)
     if path:
-      self._checkpoint.restore(path)
+      if optimizers.is_grouped(self._optimizer) == optimizers.checkpoint_is_grouped(
+          path, "optimizer"):
+        self._checkpoint.restore(path)
+      else:
+        self._restore_regrouped(path)
       self._last_saved_step = self.global_step
       self._log_fn(f"Resumed from {path} at step {self.global_step}.")
     return path
+
+  def _restore_regrouped(self, path):
+    """Restores a checkpoint whose optimizer was grouped differently (see __init__)."""
+    if self._optimizer_group_variables is None:
+      raise ValueError(
+          f"checkpoint {path} was saved with a different "
+          "solver.backbone_learning_rate_multiplier (one optimizer vs. a separate backbone "
+          "optimizer) and this trainer was given no optimizer_group_variables to map the "
+          "optimizer state")
+    tf.train.Checkpoint(**self._items_but_optimizer).restore(path).expect_partial()
+    with self._strategy.scope():
+      optimizers.restore_regrouped_state(self._optimizer, path, "optimizer",
+                                         self._model.trainable_variables,
+                                         self._optimizer_group_variables)
+    self._log_fn(f"Restored the optimizer state of {path} into a regrouped optimizer "
+                 "(solver.backbone_learning_rate_multiplier changed); the loss scale, if "
+                 "any, restarts.")
 
   def _replica_gradients(self, batch):
     variables = self._model.trainable_variables

@@ -17,7 +17,9 @@ learning rate for Adam-family optimizers (their update is invariant to gradient 
 `solver.backbone_learning_rate_multiplier` gives the backbone a *second* optimizer of the
 same kind whose schedule is multiplied: `GroupedOptimizer` splits the variables by
 identity, clips all gradients together and checkpoints both optimizers'
-state. `build_optimizer(..., backbone_variables=...)` builds it.
+state. `build_optimizer(..., backbone_variables=...)` builds it. Changing the multiplier
+between runs changes the checkpoint's structure (one optimizer <-> a `GroupedOptimizer`);
+`restore_regrouped_state` carries the state across that change.
 """
 import math
 from typing import Sequence, Tuple
@@ -633,3 +635,109 @@ def build_optimizer(solver_options, total_steps: int, learning_rate_multiplier: 
       _single_optimizer(solver_options, backbone_schedule, None),
       backbone_variables, global_clipnorm=clipnorm)
   return optimizer, schedule
+
+
+# -------------------------------------------------------------------------------------
+# Resuming across a change of grouping (solver.backbone_learning_rate_multiplier).
+# -------------------------------------------------------------------------------------
+
+
+def _unwrap_loss_scale(optimizer):
+  return getattr(optimizer, "inner_optimizer", optimizer)
+
+
+def is_grouped(optimizer):
+  """Whether `optimizer` (possibly inside a `LossScaleOptimizer`) is a `GroupedOptimizer`."""
+  return isinstance(_unwrap_loss_scale(optimizer), GroupedOptimizer)
+
+
+def checkpoint_is_grouped(path, key):
+  """Whether the optimizer saved under `key` in checkpoint `path` is a `GroupedOptimizer`.
+
+  A `LossScaleOptimizer` delegates its checkpoint to the optimizer it wraps, so a grouped
+  optimizer always saves its backbone optimizer under `<key>/_group_optimizer/`.
+  """
+  prefix = f"{key}/_group_optimizer/"
+  return any(name.startswith(prefix) for name, _ in tf.train.list_variables(path))
+
+
+def _clone(optimizer):
+  return type(optimizer).from_config(optimizer.get_config())
+
+
+def _per_variable_state(optimizer, var_list, path=()):
+  """Yields ((optimizer path, state kind, variable key), state variable) for `optimizer`
+  built on `var_list`, ignoring how the variables are grouped.
+
+  tf_keras optimizers name each per-variable state `<kind>/<variable name>` (e.g. `m/...`,
+  `slow/...`) and create the states of one kind in the order of `var_list`; the optimizer
+  path (e.g. Lookahead -> RectifiedAdam) tells apart the same kind at different levels.
+  """
+  if isinstance(optimizer, GroupedOptimizer):
+    others, in_group = optimizer._split(list(var_list), lambda v: v)  # pylint: disable=protected-access
+    yield from _per_variable_state(optimizer.optimizer, others, path)
+    yield from _per_variable_state(optimizer.group_optimizer, in_group, path)
+    return
+  path += (type(optimizer).__name__,)
+  if isinstance(optimizer, _DelegatingOptimizer):
+    yield from _per_variable_state(optimizer.optimizer, var_list, path)
+  by_kind = {}
+  for state in optimizer._variables:  # pylint: disable=protected-access
+    if state is not optimizer.iterations:
+      by_kind.setdefault(state.name.split("/", 1)[0], []).append(state)
+  for kind, states in by_kind.items():
+    if len(states) != len(var_list):
+      raise ValueError(f"{type(optimizer).__name__} has {len(states)} '{kind}' states for "
+                       f"{len(var_list)} variables; cannot match them to variables")
+    for variable, state in zip(var_list, states):
+      yield (path, kind, optimizer._var_key(variable)), state  # pylint: disable=protected-access
+
+
+def _step_counters(optimizer):
+  """The `iterations` variables of every optimizer that counts steps on its own."""
+  if isinstance(optimizer, GroupedOptimizer):
+    return _step_counters(optimizer.optimizer) + _step_counters(optimizer.group_optimizer)
+  return [optimizer.iterations]
+
+
+def restore_regrouped_state(optimizer, path, key, var_list, group_variables):
+  """Restores optimizer state saved with the other grouping (one optimizer <-> grouped).
+
+  Builds a scratch optimizer with the checkpoint's structure out of copies of
+  `optimizer`'s own, restores the checkpoint into it and copies every per-variable state
+  (moments, Lookahead slow weights, ...) and the step count to the matching variable of
+  `optimizer`. Call inside the strategy scope, after `optimizer.build(var_list)`. A
+  `LossScaleOptimizer`'s dynamic loss scale is not carried over: it restarts and adapts
+  within a few steps.
+
+  Args:
+    optimizer: the optimizer to restore (grouped or not), built on `var_list`.
+    path: the checkpoint prefix.
+    key: the name the optimizer was saved under in `tf.train.Checkpoint`.
+    var_list: the trainable variables, in the order the optimizer was built on.
+    group_variables: the variables of the group (the backbone) when grouped.
+
+  Raises:
+    ValueError: the checkpoint's optimizer state does not fit (e.g. another
+      `solver.optimizer` or `solver.lookahead` setting), naming the checkpoint.
+  """
+  current = _unwrap_loss_scale(optimizer)
+  if isinstance(current, GroupedOptimizer):
+    scratch = _clone(current.optimizer)
+  else:
+    scratch = GroupedOptimizer(_clone(current), _clone(current), group_variables)
+  scratch.build(var_list)
+  try:
+    tf.train.Checkpoint(**{key: scratch}).restore(path).expect_partial(
+    ).assert_existing_objects_matched()
+  except (AssertionError, ValueError, tf.errors.OpError) as e:
+    raise ValueError(
+        f"the optimizer state in checkpoint {path} does not fit the optimizer built from "
+        "the config, even allowing for a change of solver.backbone_learning_rate_multiplier"
+        f" (was solver.optimizer or solver.lookahead changed?): {e}") from e
+  saved = dict(_per_variable_state(scratch, var_list))
+  for state_key, state in _per_variable_state(current, var_list):
+    state.assign(saved[state_key])
+  step = _step_counters(scratch)[0]
+  for counter in _step_counters(current):
+    counter.assign(step)
