@@ -172,6 +172,27 @@ def resize_predictions_to_original(predictions: tf.Tensor, resized_size: tf.Tens
   return restored if has_channels else restored[..., 0]
 
 
+def predictions_to_label_frame(predictions: tf.Tensor, batch: Mapping[str, tf.Tensor],
+                               pad_value=0) -> tf.Tensor:
+  """Model-frame predictions of an evaluation batch at the size of its `panoptic` labels.
+
+  Identity unless the pipeline resized the images (`resize_long_side`: the batch holds
+  `resized_height`/`resized_width`); then `resize_predictions_to_original` with each
+  image's original `height`/`width`, on a canvas the size of `batch["panoptic"]`.
+
+  Args:
+    predictions: [batch, H, W] ids or [batch, H, W, channels] floats at the model input.
+    batch: an evaluation batch of `build_panoptic_dataset`.
+    pad_value: value outside each original image (e.g. void).
+  """
+  if "resized_height" not in batch:
+    return predictions
+  return resize_predictions_to_original(
+      predictions, tf.stack([batch["resized_height"], batch["resized_width"]], axis=-1),
+      tf.stack([batch["height"], batch["width"]], axis=-1), tf.shape(batch["panoptic"])[1:3],
+      pad_value=pad_value)
+
+
 def random_pad_and_crop(image: tf.Tensor, panoptic: tf.Tensor, crop_size: Tuple[int, int],
                         seed: tf.Tensor, *, pad_value: float, ignore_value: tf.Tensor
                         ) -> Tuple[tf.Tensor, tf.Tensor]:
@@ -563,6 +584,7 @@ def build_classification_dataset(file_pattern, *, is_training: bool, batch_size:
 
 __all__ = ["DEFAULT_TARGET_OPTIONS", "PhotometricOptions", "build_classification_dataset",
            "build_panoptic_dataset", "decode_example", "decode_panoptic_png",
-           "long_side_scale", "panoptic_options_from_config", "random_flip",
+           "long_side_scale", "panoptic_options_from_config", "predictions_to_label_frame",
+           "random_flip",
            "random_pad_and_crop", "random_scale_factor", "resize_image_and_label",
            "resize_predictions_to_original", "scaled_size"]

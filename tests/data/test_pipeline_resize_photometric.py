@@ -66,10 +66,8 @@ def test_evaluation_resizes_the_image_and_keeps_the_original_label(large_records
   # padded to the crop) maps back to the original label.
   in_frame = tf.image.resize(label[..., None], RESIZED, method="nearest")[..., 0]
   in_frame = tf.pad(in_frame, [[0, 1], [0, CROP[1] - RESIZED[1]]], constant_values=-1)
-  restored = pipeline.resize_predictions_to_original(
-      in_frame[None], tf.constant([RESIZED]),
-      tf.constant([[HEIGHT, WIDTH]]), tf.shape(batch["panoptic"])[1:3],
-      pad_value=IGNORE).numpy()[0]
+  restored = pipeline.predictions_to_label_frame(in_frame[None], batch,
+                                                 pad_value=IGNORE).numpy()[0]
   assert restored.shape == (HEIGHT, WIDTH)
   # Nearest-neighbour twice may move a block edge by one original pixel (1 / 0.64 < 2).
   mismatch = restored != label
@@ -79,6 +77,12 @@ def test_evaluation_resizes_the_image_and_keeps_the_original_label(large_records
     edges[edge - 2:edge + 2, :] = True
   edges[:, 38:42] = True
   assert not (mismatch & ~edges).any()
+
+
+def test_predictions_stay_as_they_are_without_resize():
+  predictions = tf.zeros([1, 4, 5], tf.int32)
+  batch = {"panoptic": tf.zeros([1, 4, 5], tf.int32), "height": [3], "width": [4]}
+  assert pipeline.predictions_to_label_frame(predictions, batch) is predictions
 
 
 def test_resize_predictions_batches_images_of_different_sizes():
