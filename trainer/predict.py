@@ -56,7 +56,8 @@ def _predictor(flag_values):
   from deeplab_axial.export import saved_model
   from deeplab_axial.models import builder
   config = config_lib.load_config(flag_values.config_file, flag_values.config_override)
-  info = datasets.get_dataset_info(flag_values.dataset or config.dataset.name)
+  info = (datasets.get_dataset_info(flag_values.dataset) if flag_values.dataset
+          else datasets.dataset_info_from_config(config.dataset))
   model = builder.build_model(config, info)
   saved_model.restore_model(model, flag_values.checkpoint)
   options = saved_model.serving_options_from_config(config, info)

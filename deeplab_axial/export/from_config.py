@@ -33,7 +33,7 @@ def static_size_from_config(config, dataset_info) -> Tuple[int, int]:
       return tuple(int(v) for v in size)
   raise ValueError("a static export size needs export.crop_size, eval.crop_size or a "
                    f"dataset eval_crop_size; none is set for dataset "
-                   f"{config.dataset.name!r}")
+                   f"{dataset_info.name!r}")
 
 
 def export_from_config(config, checkpoint, output_dir, *, version=None, overwrite=False,
@@ -58,7 +58,7 @@ def export_from_config(config, checkpoint, output_dir, *, version=None, overwrit
     FileNotFoundError: no checkpoint at `checkpoint`.
     FileExistsError: the version exists and `overwrite` is False.
   """
-  dataset_info = datasets.get_dataset_info(config.dataset.name)
+  dataset_info = datasets.dataset_info_from_config(config.dataset)
   model = builder.build_model(config, dataset_info)
   prefix = saved_model.restore_model(model, checkpoint)
   static_size = (static_size_from_config(config, dataset_info)

@@ -35,7 +35,7 @@ class Task:
 
   Args:
     experiment_config: a loaded `ExperimentOptions`.
-    dataset_info: `DatasetInfo` of `dataset.name`.
+    dataset_info: the dataset's `DatasetInfo` (`datasets.dataset_info_from_config`).
     strategy: the `tf.distribute.Strategy` the experiment runs under.
     train_patterns, eval_patterns: resolved TFRecord globs.
   """
@@ -73,28 +73,19 @@ class _SegmentationTask(Task):
   """Panoptic records (image + panoptic PNG) in, augmented the same way for both tasks."""
 
   def _augmented_dataset(self, input_context, generate_targets):
-    dataset, augmentation = self.config.dataset, self.config.dataset.augmentation
-    targets = dataset.targets
     return pipeline.build_panoptic_dataset(
         self.train_patterns, self.info, is_training=True,
-        batch_size=self.config.train.batch_size, crop_size=tuple(dataset.crop_size),
-        min_scale=augmentation.min_scale_factor, max_scale=augmentation.max_scale_factor,
-        scale_step=augmentation.scale_factor_step, flip=augmentation.horizontal_flip,
-        photometric=pipeline.PhotometricOptions() if augmentation.photometric else None,
-        shuffle_buffer=dataset.shuffle_buffer_size, seed=self.config.train.seed,
-        generate_targets=generate_targets,
-        target_options={"sigma": targets.sigma,
-                        "small_instance_area": targets.small_instance_area,
-                        "small_instance_weight": targets.small_instance_weight,
-                        "ignore_crowd_in_semantic": targets.ignore_crowd_in_semantic},
-        input_context=input_context)
+        batch_size=self.config.train.batch_size, seed=self.config.train.seed,
+        generate_targets=generate_targets, input_context=input_context,
+        **pipeline.panoptic_options_from_config(self.config.dataset, is_training=True))
 
   def eval_dataset(self):
     eval_options = self.config.eval
     crop = tuple(eval_options.crop_size) or tuple(self.info.eval_crop_size or ()) or None
     return pipeline.build_panoptic_dataset(
         self.eval_patterns, self.info, is_training=False, batch_size=eval_options.batch_size,
-        crop_size=crop, generate_targets=False)
+        crop_size=crop, generate_targets=False,
+        **pipeline.panoptic_options_from_config(self.config.dataset, is_training=False))
 
 
 class PanopticTask(_SegmentationTask):

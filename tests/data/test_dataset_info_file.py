@@ -50,13 +50,14 @@ def fixture_converted(tmp_path_factory):
   return data_dir, truth
 
 
-def _config(dataset_fields="", overrides=()):
+def _config(dataset_fields="", other_fields="", overrides=()):
   text = f"""
       dataset {{ dataset_info_file: "kites/dataset_info.json"
                  train_file_pattern: "kites/train-*-of-*.tfrecord"
                  eval_file_pattern: "kites/val-*-of-*.tfrecord"
                  crop_size: [65, 65] shuffle_buffer_size: 4 {dataset_fields} }}
-      eval {{ crop_size: [65, 65] }}"""
+      eval {{ crop_size: [65, 65] interval: 2 batch_size: 1 }}
+      {other_fields}"""
   return config_lib.parse_config(text, overrides=overrides)
 
 
@@ -128,3 +129,25 @@ def test_invalid_file_names_the_field_path_and_problem(tmp_path, content, proble
 def test_config_needs_a_name_or_a_file():
   with pytest.raises(config_lib.ConfigError, match="dataset_info_file"):
     config_lib.parse_config('dataset { crop_size: [33, 33] }')
+
+
+@pytest.mark.slow
+def test_trains_two_steps_and_evaluates_from_the_file(converted, tmp_path):
+  # pylint: disable=import-outside-toplevel
+  from deeplab_axial.training import experiment
+  data_dir, _ = converted
+  tiny_model = """
+      model { backbone { name: "axial_resnet_s" width_multiplier: 0.0625 num_heads: 2 }
+              decoder { aspp_channels: 8 semantic_decoder_channels: 8
+                        instance_decoder_channels: 8 semantic_low_level_projections: [4, 4]
+                        instance_low_level_projections: [4, 4] }
+              panoptic_head { semantic_head_channels: 8 center_head_channels: 4
+                              offset_head_channels: 4 } }
+      solver { optimizer: "adam" schedule: "constant" }
+      train { batch_size: 2 steps: 2 steps_per_loop: 1 checkpoint_interval: 2
+              summary_interval: 1 }"""
+  config = _config("augmentation { photometric: true }", tiny_model)
+  results = experiment.run_experiment(config, "train_and_eval", str(tmp_path / "model"),
+                                      data_dir=data_dir)
+  assert 0.0 <= results["pq"] <= 1.0 and 0.0 <= results["miou"] <= 1.0
+  assert os.path.exists(tmp_path / "model" / experiment.METRICS_FILE)
