@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from deeplab_axial import metrics as metrics_lib
 from deeplab_axial import ops
+from deeplab_axial.data import pipeline
 
 _OUTPUT_KEYS = ("semantic_logits", "center_heatmap", "center_offset")
 
@@ -155,6 +156,13 @@ class Evaluator:
       missing += [k for k in ("instance_panoptic_ids", "instance_scores") if k not in outputs]
     if missing:
       raise ValueError(f"post_process_fn outputs lack {missing}; got keys {sorted(outputs)}")
+    void = self.panoptic_quality.ignore_label
+    # dataset.resize_long_side: metrics and writers see the original image size.
+    outputs = dict(outputs,
+                   panoptic=pipeline.predictions_to_label_frame(
+                       outputs["panoptic"], batch, void * self.label_divisor),
+                   semantic=pipeline.predictions_to_label_frame(outputs["semantic"], batch,
+                                                                void))
     if "height" in batch and "width" in batch:
       outputs = self._void_outside_images(outputs, batch["height"], batch["width"])
     ground_truth = batch["panoptic"]

@@ -205,7 +205,9 @@ class SemanticEvaluator:
   def _replica_step(self, batch):
     probabilities = predict_semantic_with_tta(self.model_fn, batch["image"], self.scales,
                                               self.flip)
-    prediction = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+    # dataset.resize_long_side: compare at the original image size (outside is ignored).
+    prediction = pipeline.predictions_to_label_frame(
+        tf.argmax(probabilities, axis=-1, output_type=tf.int32), batch)
     labels = batch["panoptic"] // self.label_divisor
     self.mean_iou.update_state(labels, prediction)
     if self.boundary_f_score is not None:
