@@ -131,6 +131,32 @@ def test_config_needs_a_name_or_a_file():
     config_lib.parse_config('dataset { crop_size: [33, 33] }')
 
 
+def test_shipped_mapillary_config_trains_v2_from_its_dataset_info(tmp_path):
+  """The overrides documented in configs/mapillary give the v2.0 classes and pipeline."""
+  from deeplab_axial.data.converters import mapillary  # pylint: disable=import-outside-toplevel
+  categories = [{"id": i, "name": f"class{i}", "isthing": int(i % 3 == 0)}
+                for i in range(1, 11)]
+  data_fixtures.make_vistas(str(tmp_path / "raw"), version="v2.0", split="training",
+                            size=(40, 50), categories=categories)
+  mapillary.convert_mapillary(str(tmp_path / "raw"), str(tmp_path / "mapillary_v2"),
+                              "training", version="v2.0", num_shards=1, show_progress=False)
+  config = config_lib.load_config(
+      os.path.join(REPO, "configs", "mapillary", "axial_deeplab_l.textproto"), overrides=[
+          'dataset.name: "mapillary_vistas_v2"',
+          'dataset.dataset_info_file: "mapillary_v2/dataset_info.json"',
+          'dataset.train_file_pattern: ["mapillary_v2/training-*.tfrecord"]',
+          "dataset.crop_size: [33, 33]", "dataset.resize_long_side: 32"])
+  info = datasets.dataset_info_from_config(config.dataset, str(tmp_path))
+  assert (info.name, info.num_classes) == ("mapillary_vistas_v2", 10)
+  assert info.thing_class_ids == (2, 5, 8)  # ids 3, 6, 9 at contiguous 2, 5, 8
+  pattern = config_lib.resolve_file_pattern(config.dataset.train_file_pattern[0],
+                                            str(tmp_path))
+  batch = next(iter(pipeline.build_panoptic_dataset(
+      pattern, info, is_training=True, batch_size=2, seed=0,
+      **pipeline.panoptic_options_from_config(config.dataset, is_training=True))))
+  assert batch["image"].shape == (2, 33, 33, 3)
+
+
 @pytest.mark.slow
 def test_trains_two_steps_and_evaluates_from_the_file(converted, tmp_path):
   # pylint: disable=import-outside-toplevel
