@@ -331,7 +331,8 @@ def build_panoptic_dataset(file_pattern, dataset_info: datasets.DatasetInfo, *,
       Evaluation: only the image is resized; `panoptic` keeps the original size (padded
       to the batch's largest with void) and the batch gains `resized_height`,
       `resized_width` (int32 [b]), the image's extent in `image`; map predictions back
-      with `resize_predictions_to_original`.
+      with `predictions_to_label_frame` (targets, if generated, are at the original size
+      too, like `panoptic`).
 
   Returns:
     Batches of dicts: image float32 [b, h, w, 3] in [0, 255], panoptic int32 [b, h, w] and
