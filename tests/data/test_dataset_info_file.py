@@ -158,12 +158,16 @@ def test_shipped_mapillary_config_trains_v2_from_its_dataset_info(tmp_path):
 
 
 @pytest.mark.slow
-def test_trains_two_steps_and_evaluates_from_the_file(converted, tmp_path):
+def test_trains_two_steps_and_evaluates_from_the_file(converted, tmp_path, monkeypatch):
   # pylint: disable=import-outside-toplevel
+  from deeplab_axial.models import builder
   from deeplab_axial.training import experiment
+  sys.path.insert(0, os.path.join(REPO, "tests", "training"))
+  from test_experiment import _tiny_backbone  # the trainer tests' conv backbone
+  monkeypatch.setattr(builder, "build_backbone", _tiny_backbone)
   data_dir, _ = converted
   tiny_model = """
-      model { backbone { name: "axial_resnet_s" width_multiplier: 0.0625 num_heads: 2 }
+      model { backbone { name: "resnet50" }
               decoder { aspp_channels: 8 semantic_decoder_channels: 8
                         instance_decoder_channels: 8 semantic_low_level_projections: [4, 4]
                         instance_low_level_projections: [4, 4] }
@@ -176,4 +180,5 @@ def test_trains_two_steps_and_evaluates_from_the_file(converted, tmp_path):
   results = experiment.run_experiment(config, "train_and_eval", str(tmp_path / "model"),
                                       data_dir=data_dir)
   assert 0.0 <= results["pq"] <= 1.0 and 0.0 <= results["miou"] <= 1.0
-  assert os.path.exists(tmp_path / "model" / experiment.METRICS_FILE)
+  with open(tmp_path / "model" / experiment.METRICS_FILE) as f:
+    assert list(json.load(f)) == ["2"]
