@@ -460,8 +460,11 @@ class _Validator:
                 f"resizing aligned at output stride {stride}, e.g. {advice}")
 
   def _dataset(self):
-    self.check("dataset.name", bool, "must name a dataset descriptor, e.g. 'coco_panoptic', "
-               "'cityscapes_panoptic', 'mapillary_vistas', 'imagenet' or 'shapes'")
+    if not self._config.dataset.dataset_info_file:
+      self.check("dataset.name", bool, "must name a dataset descriptor, e.g. "
+                 "'coco_panoptic', 'cityscapes_panoptic', 'mapillary_vistas', 'imagenet' or "
+                 "'shapes', or set dataset.dataset_info_file to a converter's "
+                 "dataset_info.json")
     self._crop("dataset.crop_size", allow_empty=False)
     augmentation = self._config.dataset.augmentation
     self.positive("dataset.augmentation.min_scale_factor", "dataset.shuffle_buffer_size")
@@ -470,9 +473,31 @@ class _Validator:
     if augmentation.max_scale_factor < augmentation.min_scale_factor:
       self.error("dataset.augmentation.max_scale_factor",
                  f"must be >= min_scale_factor ({augmentation.min_scale_factor})")
+    self._photometric()
+    self._resize_long_side()
     self.positive("dataset.targets.sigma")
     self.non_negative("dataset.targets.small_instance_area",
                       "dataset.targets.small_instance_weight")
+
+  def _photometric(self):
+    self.non_negative("dataset.augmentation.brightness_max_delta")
+    self.check("dataset.augmentation.hue_max_delta", lambda v: 0 <= v <= 0.5,
+               "must be in [0, 0.5] turns of the hue circle")
+    augmentation = self._config.dataset.augmentation
+    for name in ("contrast", "saturation"):
+      low = getattr(augmentation, f"{name}_min_factor")
+      self.non_negative(f"dataset.augmentation.{name}_min_factor")
+      if getattr(augmentation, f"{name}_max_factor") < low:
+        self.error(f"dataset.augmentation.{name}_max_factor",
+                   f"must be >= {name}_min_factor ({low})")
+
+  def _resize_long_side(self):
+    """Evaluation pads the resized images to the eval crop, so it must hold them."""
+    long_side = self._config.dataset.resize_long_side
+    eval_crop = self._value("eval.crop_size")
+    if long_side > 0 and len(eval_crop) == 2 and min(eval_crop) < long_side:
+      self.error("eval.crop_size", f"must be >= dataset.resize_long_side ({long_side}) on "
+                 f"both sides: resized evaluation images are padded to it")
 
   def _solver(self):
     s = self._config.solver

@@ -55,7 +55,8 @@ def _predictor(flag_values):
   from deeplab_axial import config as config_lib
   from deeplab_axial.export import from_config
   config = config_lib.load_config(flag_values.config_file, flag_values.config_override)
-  info = datasets.get_dataset_info(flag_values.dataset or config.dataset.name)
+  info = (datasets.get_dataset_info(flag_values.dataset) if flag_values.dataset
+          else datasets.dataset_info_from_config(config.dataset))
   cli.say(f"building the model and restoring {flag_values.checkpoint}...")
   restored = from_config.restore_from_config(config, flag_values.checkpoint,
                                              dataset_info=info)

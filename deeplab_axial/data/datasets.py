@@ -16,6 +16,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from deeplab_axial import config as config_lib
+
 IGNORE_LABEL = 255
 
 
@@ -140,16 +142,92 @@ def dataset_info_from_dict(fields: Mapping) -> DatasetInfo:
   """The inverse of `DatasetInfo.to_json`: a DatasetInfo from its JSON dict."""
   fields = dict(fields)
   for key in ("thing_class_ids", "class_names", "official_category_ids"):
-    fields[key] = tuple(fields[key])
+    if key in fields:
+      fields[key] = tuple(fields[key])
   if fields.get("eval_crop_size") is not None:
     fields["eval_crop_size"] = tuple(fields["eval_crop_size"])
   return DatasetInfo(**fields)
 
 
 def dataset_info_from_json(path: str) -> DatasetInfo:
-  """Reads a DatasetInfo written by `DatasetInfo.to_json` (e.g. `dataset_info.json`)."""
-  with open(path) as f:
-    return dataset_info_from_dict(json.load(f))
+  """Reads a DatasetInfo written by `DatasetInfo.to_json` (e.g. `dataset_info.json`).
+
+  Raises:
+    FileNotFoundError: `path` does not exist.
+    ValueError: the file is not JSON, lacks or has unknown fields, or holds values a
+      DatasetInfo refuses; the message names the file.
+  """
+  text = _read_text_file(path)
+  try:
+    fields = json.loads(text)
+  except json.JSONDecodeError as error:
+    raise ValueError(f"{path} is not valid JSON: {error}") from None
+  if not isinstance(fields, dict):
+    raise ValueError(f"{path}: expected a JSON object of DatasetInfo fields, got "
+                     f"{type(fields).__name__}")
+  known = {field.name: field for field in dataclasses.fields(DatasetInfo)}
+  required = [name for name, field in known.items()
+              if field.default is dataclasses.MISSING and
+              field.default_factory is dataclasses.MISSING]
+  missing = [name for name in required if name not in fields]
+  unknown = sorted(set(fields) - set(known))
+  if missing or unknown:
+    raise ValueError(f"{path} is not a DatasetInfo JSON (as the converters write): "
+                     f"missing fields {missing}, unknown fields {unknown}")
+  try:
+    return dataset_info_from_dict(fields)
+  except (TypeError, ValueError) as error:
+    raise ValueError(f"{path}: invalid DatasetInfo: {error}") from None
+
+
+def _read_text_file(path: str) -> str:
+  if "://" in path:
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    if not tf.io.gfile.exists(path):
+      raise FileNotFoundError(f"{path} does not exist")
+    with tf.io.gfile.GFile(path) as f:
+      return f.read()
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path} does not exist")
+  with open(path, encoding="utf-8") as f:
+    return f.read()
+
+
+def dataset_info_from_config(dataset_options, data_dir: Optional[str] = None
+                             ) -> DatasetInfo:
+  """The DatasetInfo of an experiment's `dataset` options.
+
+  `dataset.dataset_info_file` (a converter's `dataset_info.json`) when set -- a relative
+  path is resolved against `data_dir` like the file patterns
+  (`config.resolve_file_pattern`) -- else the descriptor registered as `dataset.name`.
+
+  Args:
+    dataset_options: the `DatasetOptions` proto of a loaded config.
+    data_dir: the trainer's --data_dir (None = $DEEPLAB_AXIAL_DATA_DIR, else ./data_cache).
+
+  Raises:
+    FileNotFoundError: the file does not exist (the message names the field and path).
+    ValueError: the file is invalid, `dataset.name` differs from the file's name, or an
+      unknown `dataset.name`.
+  """
+  field = dataset_options.dataset_info_file
+  if not field:
+    return get_dataset_info(dataset_options.name)
+  path = config_lib.resolve_file_pattern(field, data_dir)
+  try:
+    info = dataset_info_from_json(path)
+  except FileNotFoundError:
+    raise FileNotFoundError(
+        f"dataset.dataset_info_file = {field!r}: {path} does not exist (relative paths are "
+        f"resolved against --data_dir; the converters in data/ write dataset_info.json "
+        f"next to the TFRecords)") from None
+  except ValueError as error:
+    raise ValueError(f"dataset.dataset_info_file = {field!r}: {error}") from None
+  if dataset_options.name and dataset_options.name != info.name:
+    raise ValueError(f"dataset.name = {dataset_options.name!r} differs from the name "
+                     f"{info.name!r} in dataset.dataset_info_file {path}; leave dataset.name "
+                     f"empty or make them equal")
+  return info
 
 
 def _fallback_color(index: int) -> Tuple[int, int, int]:
@@ -443,7 +521,6 @@ def tfds_resource_lines(name: str) -> List[str]:
   """
   # pylint: disable=import-outside-toplevel
   import importlib.util
-  import os
   spec = importlib.util.find_spec("tensorflow_datasets")
   if spec is None or not spec.submodule_search_locations:
     raise FileNotFoundError("tensorflow_datasets is not installed; it provides the "
@@ -486,7 +563,9 @@ def get_dataset_info(name: str) -> DatasetInfo:
 
   Known names: coco_panoptic, cityscapes_panoptic, mapillary_vistas (v1.2, 65 classes),
   imagenet, shapes. Mapillary Vistas v2.0 and custom datasets: build one with
-  `dataset_info_from_panoptic_categories` from the panoptic JSON's categories.
+  `dataset_info_from_panoptic_categories` from the panoptic JSON's categories, or read
+  the `dataset_info.json` a converter wrote (`dataset_info_from_json`; in a config:
+  `dataset.dataset_info_file`, see `dataset_info_from_config`).
 
   Raises:
     ValueError: for an unknown name, listing the known ones.
@@ -528,6 +607,7 @@ def missing_records_message(file_pattern) -> str:
           f"--data_dir (default: $DEEPLAB_AXIAL_DATA_DIR, else ./data_cache).")
 
 
-__all__ = ["DatasetInfo", "IGNORE_LABEL", "SHAPES_CLASSES", "dataset_info_from_dict", "dataset_info_from_json",
+__all__ = ["DatasetInfo", "IGNORE_LABEL", "SHAPES_CLASSES", "dataset_info_from_config",
+           "dataset_info_from_dict", "dataset_info_from_json",
            "dataset_info_from_panoptic_categories", "get_dataset_info", "imagenet_synsets",
            "known_datasets", "missing_records_message"]

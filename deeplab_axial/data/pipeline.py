@@ -2,8 +2,9 @@
 
 Panoptic training (`build_panoptic_dataset(..., is_training=True)`):
   list_files -> [shard per input pipeline] -> parallel interleave of TFRecordDataset ->
-  decode -> [cache] -> shuffle -> repeat -> augment (photometric, random scale, random
-  pad-and-crop with ignore, horizontal flip) -> Panoptic-DeepLab targets -> batch
+  decode -> [cache] -> shuffle -> repeat -> augment (photometric, random scale (times
+  the resize_long_side factor), random pad-and-crop with ignore, horizontal flip) ->
+  Panoptic-DeepLab targets -> batch
   (drop_remainder, static shapes for XLA) -> prefetch.
 Targets are generated after all geometric augmentation, so centres and offsets always
 match the pixels the model sees. Every random op is stateless and seeded per example
@@ -12,15 +13,17 @@ from `tf.data.Dataset.random(seed)`, so a fixed `seed` reproduces the stream exa
 Panoptic evaluation (`is_training=False`): no randomness; each image is padded at the
 bottom/right to `crop_size` (image with `pad_value`, label with ignore), or, without a
 crop size, each batch is padded to its largest image. `height`/`width` keep the original
-size so predictions can be cropped back.
+size so predictions can be cropped back. With `resize_long_side` the image is resized
+first and the label stays at its original size (`resize_predictions_to_original` maps
+predictions back).
 """
-import dataclasses
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
 from deeplab_axial.data import datasets
 from deeplab_axial.data import encoding
+from deeplab_axial.data.photometric import PhotometricOptions
 from deeplab_axial.data.encoding import Keys
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -92,40 +95,6 @@ def decode_example(serialized: tf.Tensor, *, decode_panoptic: bool = True
   return example
 
 
-@dataclasses.dataclass(frozen=True)
-class PhotometricOptions:
-  """Colour jitter (all off by default).
-
-  Attributes:
-    brightness_delta: add a uniform value in [-delta, delta] (0-255 scale).
-    contrast_range: multiply the deviation from the mean by a factor in this range.
-    saturation_range: scale the HSV saturation by a factor in this range.
-  """
-  brightness_delta: float = 0.0
-  contrast_range: Tuple[float, float] = (1.0, 1.0)
-  saturation_range: Tuple[float, float] = (1.0, 1.0)
-
-  def __post_init__(self):
-    if self.brightness_delta < 0:
-      raise ValueError(f"brightness_delta must be >= 0, got {self.brightness_delta}")
-    for name in ("contrast_range", "saturation_range"):
-      low, high = getattr(self, name)
-      if not 0 <= low <= high:
-        raise ValueError(f"{name} must satisfy 0 <= low <= high, got {(low, high)}")
-
-  def apply(self, image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """Jitters a float32 [h, w, 3] image in [0, 255]; `seed` is int [2]."""
-    seeds = tf.random.experimental.stateless_split(seed, 3)
-    if self.brightness_delta > 0:
-      image = tf.image.stateless_random_brightness(image, self.brightness_delta, seeds[0])
-    if self.contrast_range != (1.0, 1.0):
-      image = tf.image.stateless_random_contrast(image, *self.contrast_range, seed=seeds[1])
-    if self.saturation_range != (1.0, 1.0):
-      image = 255.0 * tf.image.stateless_random_saturation(
-          tf.clip_by_value(image / 255.0, 0.0, 1.0), *self.saturation_range, seed=seeds[2])
-    return tf.clip_by_value(image, 0.0, 255.0)
-
-
 def _check_crop_size(crop_size) -> Tuple[int, int]:
   if (crop_size is None or len(crop_size) != 2 or
       not all(isinstance(v, int) and v > 0 for v in crop_size)):
@@ -146,11 +115,83 @@ def random_scale_factor(seed: tf.Tensor, min_scale: float, max_scale: float,
 def resize_image_and_label(image: tf.Tensor, panoptic: tf.Tensor, scale: tf.Tensor
                            ) -> Tuple[tf.Tensor, tf.Tensor]:
   """Scales float [h, w, 3] (bilinear) and int [h, w] (nearest) by `scale`."""
-  size = tf.cast(tf.shape(image)[:2], tf.float32) * scale
-  size = tf.maximum(tf.cast(tf.round(size), tf.int32), 1)
+  size = scaled_size(tf.shape(image)[:2], scale)
   image = tf.image.resize(image, size, method="bilinear")
   panoptic = tf.image.resize(panoptic[..., tf.newaxis], size, method="nearest")[..., 0]
   return image, panoptic
+
+
+def long_side_scale(size: tf.Tensor, long_side: int) -> tf.Tensor:
+  """The factor that makes the longer of `size` ([height, width]) equal `long_side`."""
+  return float(long_side) / tf.cast(tf.reduce_max(size), tf.float32)
+
+
+def scaled_size(size: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
+  """round(size * scale) as int32 [2], at least 1 pixel each."""
+  size = tf.cast(size, tf.float32) * scale
+  return tf.maximum(tf.cast(tf.round(size), tf.int32), 1)
+
+
+def resize_predictions_to_original(predictions: tf.Tensor, resized_size: tf.Tensor,
+                                   original_size: tf.Tensor, output_size,
+                                   pad_value=0) -> tf.Tensor:
+  """Undoes the evaluation resize of `resize_long_side` on batched model-frame outputs.
+
+  Each image's valid region `[:resized_h, :resized_w]` (the rest is padding) is resized
+  to its original `[h, w]` -- nearest neighbour for integer maps (panoptic / semantic
+  ids), bilinear for float maps (logits, probabilities) -- and placed top-left in an
+  `output_size` canvas filled with `pad_value` (e.g. the padded ground-truth size).
+
+  Args:
+    predictions: [batch, H, W] or [batch, H, W, channels] at the model input resolution.
+    resized_size: int32 [batch, 2], the resized image size inside the model input.
+    original_size: int32 [batch, 2], each image's original (height, width).
+    output_size: int32 [2] (height, width) >= every original size.
+    pad_value: value outside each original image.
+
+  Returns:
+    [batch, output_h, output_w] or [batch, output_h, output_w, channels], the dtype of
+    `predictions`.
+  """
+  has_channels = predictions.shape.rank == 4
+  maps = predictions if has_channels else predictions[..., tf.newaxis]
+  method = "bilinear" if maps.dtype.is_floating else "nearest"
+  output_size = tf.cast(output_size, tf.int32)
+
+  def undo(args):
+    image_map, resized, original = args
+    valid = image_map[:resized[0], :resized[1]]
+    restored = tf.cast(tf.image.resize(valid, original, method=method), maps.dtype)
+    slack = output_size - original
+    paddings = [[0, slack[0]], [0, slack[1]], [0, 0]]
+    return tf.pad(restored, paddings, constant_values=tf.cast(pad_value, maps.dtype))
+
+  restored = tf.map_fn(undo, (maps, tf.cast(resized_size, tf.int32),
+                              tf.cast(original_size, tf.int32)),
+                       fn_output_signature=tf.TensorSpec([None, None, maps.shape[-1]],
+                                                         maps.dtype))
+  return restored if has_channels else restored[..., 0]
+
+
+def predictions_to_label_frame(predictions: tf.Tensor, batch: Mapping[str, tf.Tensor],
+                               pad_value=0) -> tf.Tensor:
+  """Model-frame predictions of an evaluation batch at the size of its `panoptic` labels.
+
+  Identity unless the pipeline resized the images (`resize_long_side`: the batch holds
+  `resized_height`/`resized_width`); then `resize_predictions_to_original` with each
+  image's original `height`/`width`, on a canvas the size of `batch["panoptic"]`.
+
+  Args:
+    predictions: [batch, H, W] ids or [batch, H, W, channels] floats at the model input.
+    batch: an evaluation batch of `build_panoptic_dataset`.
+    pad_value: value outside each original image (e.g. void).
+  """
+  if "resized_height" not in batch:
+    return predictions
+  return resize_predictions_to_original(
+      predictions, tf.stack([batch["resized_height"], batch["resized_width"]], axis=-1),
+      tf.stack([batch["height"], batch["width"]], axis=-1), tf.shape(batch["panoptic"])[1:3],
+      pad_value=pad_value)
 
 
 def random_pad_and_crop(image: tf.Tensor, panoptic: tf.Tensor, crop_size: Tuple[int, int],
@@ -260,7 +301,8 @@ def build_panoptic_dataset(file_pattern, dataset_info: datasets.DatasetInfo, *,
                            cache: bool = False, generate_targets: bool = True,
                            target_options: Optional[Mapping] = None,
                            pad_value: float = 127.5, input_context=None,
-                           repeat: Optional[bool] = None) -> tf.data.Dataset:
+                           repeat: Optional[bool] = None,
+                           resize_long_side: int = 0) -> tf.data.Dataset:
   """Panoptic training or evaluation dataset.
 
   Args:
@@ -270,7 +312,8 @@ def build_panoptic_dataset(file_pattern, dataset_info: datasets.DatasetInfo, *,
     batch_size: global batch size; divided by the number of replicas when `input_context`
       is given (for `strategy.distribute_datasets_from_function`).
     crop_size: (height, width). Required for training. For evaluation it pads every image
-      to this size (it must hold the largest image); None pads each batch to its largest.
+      to this size (it must hold the largest (resized) image); None pads each batch to
+      its largest.
     min_scale, max_scale, scale_step: random scale augmentation (training).
     flip: random horizontal flip (training).
     photometric: colour jitter (training); None = off.
@@ -284,11 +327,18 @@ def build_panoptic_dataset(file_pattern, dataset_info: datasets.DatasetInfo, *,
     pad_value: image padding value (127.5 is 0 after the models' x/127.5-1 normalization).
     input_context: tf.distribute.InputContext or None.
     repeat: repeat forever; defaults to `is_training`.
+    resize_long_side: > 0 resizes every image so its longer side has this many pixels
+      (labels nearest-neighbour). Training: folded into the random scale (one resize).
+      Evaluation: only the image is resized; `panoptic` keeps the original size (padded
+      to the batch's largest with void) and the batch gains `resized_height`,
+      `resized_width` (int32 [b]), the image's extent in `image`; map predictions back
+      with `predictions_to_label_frame` (targets, if generated, are at the original size
+      too, like `panoptic`).
 
   Returns:
     Batches of dicts: image float32 [b, h, w, 3] in [0, 255], panoptic int32 [b, h, w] and
     the targets; evaluation batches also hold height, width (int32 [b], original size),
-    image_id and image_name (string [b]).
+    image_id and image_name (string [b]) (and resized_height, resized_width).
   """
   if is_training:
     crop_size = _check_crop_size(crop_size)
@@ -298,11 +348,16 @@ def build_panoptic_dataset(file_pattern, dataset_info: datasets.DatasetInfo, *,
                        f"scale_step={scale_step}")
   elif crop_size is not None:
     crop_size = _check_crop_size(crop_size)
+  if not isinstance(resize_long_side, int) or resize_long_side < 0:
+    raise ValueError(f"resize_long_side must be an int >= 0, got {resize_long_side!r}")
+  if (not is_training and resize_long_side and crop_size is not None and
+      min(crop_size) < resize_long_side):
+    raise ValueError(f"evaluation crop_size {crop_size} must be >= resize_long_side "
+                     f"{resize_long_side} on both sides to hold the resized images")
   if dataset_info.task != "panoptic":
     raise ValueError(f"dataset_info '{dataset_info.name}' is a {dataset_info.task} dataset")
   per_replica_batch = _per_replica_batch_size(batch_size, input_context)
   target_options = dict(DEFAULT_TARGET_OPTIONS, **(target_options or {}))
-  photometric = photometric or PhotometricOptions()
   ignore_value = dataset_info.ignore_label * dataset_info.label_divisor
   deterministic = seed is not None or not is_training
   repeat = is_training if repeat is None else repeat
@@ -337,9 +392,13 @@ def build_panoptic_dataset(file_pattern, dataset_info: datasets.DatasetInfo, *,
   if is_training:
     def augment(example, seed_pair):
       seeds = tf.random.experimental.stateless_split(seed_pair, 4)
-      image = photometric.apply(tf.cast(example["image"], tf.float32), seeds[0])
+      image = tf.cast(example["image"], tf.float32)
+      if photometric is not None:
+        image = photometric.apply(image, seeds[0])
       panoptic = example["panoptic"]
       scale = random_scale_factor(seeds[1], min_scale, max_scale, scale_step)
+      if resize_long_side:
+        scale *= long_side_scale(tf.shape(panoptic), resize_long_side)
       image, panoptic = resize_image_and_label(image, panoptic, scale)
       image, panoptic = random_pad_and_crop(image, panoptic, crop_size, seeds[2],
                                             pad_value=pad_value, ignore_value=ignore_value)
@@ -355,29 +414,65 @@ def build_panoptic_dataset(file_pattern, dataset_info: datasets.DatasetInfo, *,
     def prepare_eval(example):
       image = tf.cast(example["image"], tf.float32)
       panoptic = example["panoptic"]
+      if resize_long_side:
+        size = scaled_size(tf.shape(panoptic),
+                           long_side_scale(tf.shape(panoptic), resize_long_side))
+        image = tf.image.resize(image, size, method="bilinear")
+        example = dict(example, resized_height=size[0], resized_width=size[1])
       if crop_size is not None:
-        shape = tf.shape(panoptic)
-        check = tf.debugging.assert_less_equal(
-            shape, tf.constant(crop_size, tf.int32),
-            message=f"an evaluation image is larger than crop_size {crop_size}; increase "
-                    f"crop_size to hold the largest image")
-        with tf.control_dependencies([check]):
-          paddings = tf.stack([[0, 0], tf.constant(crop_size) - shape], axis=1)
-        image = tf.pad(image, tf.concat([paddings, [[0, 0]]], 0), constant_values=pad_value)
-        panoptic = tf.pad(panoptic, paddings, constant_values=ignore_value)
-        image = tf.ensure_shape(image, list(crop_size) + [3])
-        panoptic = tf.ensure_shape(panoptic, crop_size)
+        image = _pad_to_crop(image, crop_size, pad_value)
+        if not resize_long_side:
+          panoptic = _pad_to_crop(panoptic, crop_size, ignore_value)
       example = dict(example, image=image, panoptic=panoptic)
       return add_targets(example)
 
     dataset = dataset.map(prepare_eval, num_parallel_calls=AUTOTUNE, deterministic=True)
-    if crop_size is not None:
+    if crop_size is not None and not resize_long_side:
       dataset = dataset.batch(per_replica_batch, drop_remainder=False)
     else:
       dataset = _padded_batch(dataset, per_replica_batch, pad_value, ignore_value,
                               dataset_info.ignore_label)
   return dataset.prefetch(AUTOTUNE).with_options(
       _options(deterministic, sharded_by_us=input_context is not None))
+
+
+def _pad_to_crop(tensor: tf.Tensor, crop_size: Tuple[int, int], value) -> tf.Tensor:
+  """Pads [h, w] or [h, w, c] at the bottom/right to crop_size (asserting it fits)."""
+  shape = tf.shape(tensor)[:2]
+  check = tf.debugging.assert_less_equal(
+      shape, tf.constant(crop_size, tf.int32),
+      message=f"an evaluation image is larger than crop_size {crop_size}; increase "
+              f"eval.crop_size to hold the largest image (or set dataset.resize_long_side)")
+  with tf.control_dependencies([check]):
+    paddings = tf.stack([[0, 0], tf.constant(crop_size) - shape], axis=1)
+  paddings = tf.concat([paddings, tf.zeros([tensor.shape.rank - 2, 2], tf.int32)], 0)
+  padded = tf.pad(tensor, paddings, constant_values=value)
+  return tf.ensure_shape(padded, list(crop_size) + tensor.shape[2:].as_list())
+
+
+def panoptic_options_from_config(dataset_options, *, is_training: bool) -> Dict:
+  """The `build_panoptic_dataset` keyword arguments a `DatasetOptions` proto sets.
+
+  Training: crop, scale, flip, photometric (None unless `augmentation.photometric`),
+  shuffle buffer, targets and `resize_long_side`; evaluation: `resize_long_side` (the
+  eval crop comes from `eval.crop_size` or the dataset descriptor).
+  """
+  options = {"resize_long_side": int(dataset_options.resize_long_side)}
+  if not is_training:
+    return options
+  augmentation, targets = dataset_options.augmentation, dataset_options.targets
+  options.update(
+      crop_size=tuple(dataset_options.crop_size),
+      min_scale=augmentation.min_scale_factor, max_scale=augmentation.max_scale_factor,
+      scale_step=augmentation.scale_factor_step, flip=augmentation.horizontal_flip,
+      photometric=(PhotometricOptions.from_config(augmentation)
+                   if augmentation.photometric else None),
+      shuffle_buffer=dataset_options.shuffle_buffer_size,
+      target_options={"sigma": targets.sigma,
+                      "small_instance_area": targets.small_instance_area,
+                      "small_instance_weight": targets.small_instance_weight,
+                      "ignore_crowd_in_semantic": targets.ignore_crowd_in_semantic})
+  return options
 
 
 def _padded_batch(dataset, batch_size, pad_value, ignore_value, ignore_label):
@@ -491,5 +586,7 @@ def build_classification_dataset(file_pattern, *, is_training: bool, batch_size:
 
 __all__ = ["DEFAULT_TARGET_OPTIONS", "PhotometricOptions", "build_classification_dataset",
            "build_panoptic_dataset", "decode_example", "decode_panoptic_png",
-           "random_flip", "random_pad_and_crop", "random_scale_factor",
-           "resize_image_and_label"]
+           "long_side_scale", "panoptic_options_from_config", "predictions_to_label_frame",
+           "random_flip",
+           "random_pad_and_crop", "random_scale_factor", "resize_image_and_label",
+           "resize_predictions_to_original", "scaled_size"]

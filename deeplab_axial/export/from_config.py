@@ -50,7 +50,7 @@ def restore_from_config(config, checkpoint, *, dataset_info=None, static_size=No
     FileNotFoundError: no checkpoint at `checkpoint`.
     ValueError: a checkpoint that does not fit the config's model.
   """
-  dataset_info = dataset_info or datasets.get_dataset_info(config.dataset.name)
+  dataset_info = dataset_info or datasets.dataset_info_from_config(config.dataset)
   task = tasks.create_task(config, dataset_info)
   model = task.build_model()
   prefix = checkpoints.restore_model(model, checkpoint)
@@ -71,7 +71,7 @@ def static_size_from_config(config, dataset_info) -> Tuple[int, int]:
       return tuple(int(v) for v in size)
   raise ValueError("a static export size needs export.crop_size, eval.crop_size or a "
                    f"dataset eval_crop_size; none is set for dataset "
-                   f"{config.dataset.name!r}")
+                   f"{dataset_info.name!r}")
 
 
 def export_from_config(config, checkpoint, output_dir, *, version=None, overwrite=False,
@@ -96,7 +96,7 @@ def export_from_config(config, checkpoint, output_dir, *, version=None, overwrit
     FileNotFoundError: no checkpoint at `checkpoint`.
     FileExistsError: the version exists and `overwrite` is False.
   """
-  dataset_info = datasets.get_dataset_info(config.dataset.name)
+  dataset_info = datasets.dataset_info_from_config(config.dataset)
   static_size = (static_size_from_config(config, dataset_info)
                  if with_preprocessing_crop else None)
   restored = restore_from_config(config, checkpoint, dataset_info=dataset_info,

@@ -13,6 +13,7 @@ import tensorflow as tf
 from deeplab_axial import losses as losses_lib
 from deeplab_axial import metrics as metrics_lib
 from deeplab_axial import ops
+from deeplab_axial.data import pipeline
 from deeplab_axial.data import prediction_writers
 from deeplab_axial.tasks import base
 from deeplab_axial.tasks import post_processing as post_processing_lib
@@ -99,6 +100,13 @@ class PanopticEvaluator(base.TaskEvaluator):
     outputs = self.post_processing(predictions["semantic_probs"],
                                    predictions["center_heatmap"],
                                    predictions["center_offset"])
+    # dataset.resize_long_side: metrics and writers see each image at its original size.
+    outputs = dict(
+        outputs,
+        panoptic=pipeline.predictions_to_label_frame(outputs["panoptic"], batch,
+                                                     self._void_panoptic),
+        semantic=pipeline.predictions_to_label_frame(outputs["semantic"], batch,
+                                                     self.post_processing.ignore_label))
     # Predictions on the padding become void, so the metrics see only the original
     # images (as the exported model, which runs on them unpadded, does).
     inside = base.inside_valid_images(batch, tf.shape(outputs["panoptic"]))

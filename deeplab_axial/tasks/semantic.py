@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from deeplab_axial import losses as losses_lib
 from deeplab_axial import metrics as metrics_lib
+from deeplab_axial.data import pipeline
 from deeplab_axial.metrics import boundary as boundary_metrics
 from deeplab_axial.ops import boundaries
 from deeplab_axial.ops import panoptic_targets
@@ -121,7 +122,9 @@ class SemanticEvaluator(base.TaskEvaluator):
     """The argmax class and the labels, both `ignore_label` outside each image."""
     probabilities = tta.predict_with_tta(self.model_fn, batch["image"], self.scales,
                                          self.flip, keys=tta.SEMANTIC_KEYS)["semantic_probs"]
-    prediction = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+    # dataset.resize_long_side: compare at each image's original size.
+    prediction = pipeline.predictions_to_label_frame(
+        tf.argmax(probabilities, axis=-1, output_type=tf.int32), batch, self.ignore_label)
     inside = base.inside_valid_images(batch, tf.shape(prediction))
     return {"semantic": tf.where(inside, prediction, self.ignore_label),
             "labels": tf.where(inside, batch["panoptic"] // self.label_divisor,

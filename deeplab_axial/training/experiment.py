@@ -103,11 +103,10 @@ class _Experiment:
     self.config = experiment_config
     self.model_dir = model_dir
     self.strategy = strategy
-    info = datasets.get_dataset_info(experiment_config.dataset.name)
+    info = datasets.dataset_info_from_config(experiment_config.dataset, data_dir)
     dataset = experiment_config.dataset
-    train_patterns = _file_pattern(dataset.train_file_pattern, data_dir, dataset.name,
-                                   "train")
-    eval_patterns = _file_pattern(dataset.eval_file_pattern, data_dir, dataset.name, "eval")
+    train_patterns = _file_pattern(dataset.train_file_pattern, data_dir, info.name, "train")
+    eval_patterns = _file_pattern(dataset.eval_file_pattern, data_dir, info.name, "eval")
     _ensure_demo_data(info, train_patterns + eval_patterns, data_dir)
     self.task = tasks.create_task(experiment_config, info, train_patterns, eval_patterns)
     tf_keras.utils.set_random_seed(experiment_config.train.seed)

@@ -3,6 +3,7 @@ import numpy as np
 import tensorflow as tf
 
 from deeplab_axial import visualization
+from deeplab_axial.data import pipeline
 from deeplab_axial.tasks import tta
 
 PANOPTIC_IMAGE_TAG = "panoptic/image_groundtruth_prediction"
@@ -112,9 +113,11 @@ def sample_panoptic_predictions(model_fn, post_process_fn, dataset, max_images=3
     NumPy `(images, panoptic_predictions, panoptic_ground_truth)` for
     `write_panoptic_images`.
   """
-  batch = next(iter(dataset.take(1)))
-  images = batch["image"][:max_images]
-  predictions = tta.predict_with_tta(model_fn, images)
+  batch = {key: value[:max_images] for key, value in next(iter(dataset.take(1))).items()}
+  predictions = tta.predict_with_tta(model_fn, batch["image"])
   panoptic = post_process_fn(predictions["semantic_probs"], predictions["center_heatmap"],
                              predictions["center_offset"])["panoptic"]
-  return images.numpy(), panoptic.numpy(), batch["panoptic"][:max_images].numpy()
+  # dataset.resize_long_side: show image and prediction at the label's original size.
+  images = pipeline.predictions_to_label_frame(batch["image"], batch)
+  panoptic = pipeline.predictions_to_label_frame(panoptic, batch)
+  return images.numpy(), panoptic.numpy(), batch["panoptic"].numpy()

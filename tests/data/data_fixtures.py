@@ -81,9 +81,13 @@ def coco_segments(label, regions, info, rng, segment_id_of=None):
   return segment_ids, segments
 
 
-def make_coco(root, split="val", num_images=3, size=(12, 16), seed=0, image_format="jpg"):
-  """COCO panoptic 2017 layout; returns {image_id (str): truth panoptic}."""
-  info = datasets.get_dataset_info("coco_panoptic")
+def make_coco(root, split="val", num_images=3, size=(12, 16), seed=0, image_format="jpg",
+              info=None):
+  """COCO panoptic 2017 layout; returns {image_id (str): truth panoptic}.
+
+  `info` (default `coco_panoptic`) supplies the categories; it needs two stuff classes.
+  """
+  info = info or datasets.get_dataset_info("coco_panoptic")
   rng = np.random.default_rng(seed)
   images, annotations, truth = [], [], {}
   for index in range(num_images):

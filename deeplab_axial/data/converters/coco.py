@@ -191,6 +191,23 @@ def coco_tasks(input_dir: str, split: str) -> List[PanopticTask]:
       label_dir=os.path.join(input_dir, "annotations", f"panoptic_{split}2017"))
 
 
+def custom_dataset_info(input_dir: str, split: str, name: str, *,
+                        label_divisor: int = 1000) -> datasets.DatasetInfo:
+  """The DatasetInfo of a bring-your-own dataset in the COCO panoptic 2017 layout.
+
+  Classes come from the `categories` of `annotations/panoptic_{split}2017.json` (sorted
+  by id; `isthing` marks things); the converters write it to `dataset_info.json`, which
+  a config names in `dataset.dataset_info_file`.
+  """
+  json_path = os.path.join(input_dir, "annotations", f"panoptic_{split}2017.json")
+  categories = load_json(json_path).get("categories")
+  if not categories:
+    raise ValueError(f"annotation file {json_path} has no 'categories' list; a custom "
+                     f"dataset's classes come from it")
+  return datasets.dataset_info_from_panoptic_categories(name, categories,
+                                                        label_divisor=label_divisor)
+
+
 def convert_coco(input_dir: str, output_dir: str, split: str, *, num_shards: int = 16,
                  num_workers: int = 2, skip_bad_examples: bool = False,
                  dataset_info: Optional[datasets.DatasetInfo] = None,
@@ -212,4 +229,5 @@ def convert_coco(input_dir: str, output_dir: str, split: str, *, num_shards: int
 
 
 __all__ = ["PanopticTask", "coco_tasks", "convert_coco", "convert_panoptic_tasks",
+           "custom_dataset_info",
            "load_json", "make_panoptic_processor", "panoptic_tasks", "segments_to_panoptic"]
