@@ -1,5 +1,13 @@
 """Helpers shared by tests (imported as `tests.helpers`); fixtures live in conftest.py."""
+import json
+import os
+import socket
+import subprocess
+
 import numpy as np
+
+_LOOPBACK = "127.0.0.1"
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def randomize_batch_norms(layer, rng):
@@ -48,3 +56,69 @@ def tiny_backbone(widths, *, output_stride=16, input_shape=(None, None, 3),
       x = tf_keras.layers.BatchNormalization(momentum=batch_norm[0], epsilon=batch_norm[1])(x)
     x = endpoints[endpoint] = tf_keras.layers.ReLU()(x)
   return tf_keras.Model(images, endpoints, name=name)
+
+
+def _free_port():
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    s.bind((_LOOPBACK, 0))
+    return s.getsockname()[1]
+
+
+def run_local_cluster(commands, timeout_s):
+  """Runs one process per command as the workers of a `TF_CONFIG` cluster on loopback.
+
+  Args:
+    commands: one argv list per worker; worker `i` gets task index `i` (0 is the chief).
+    timeout_s: how long to wait for each worker.
+
+  Returns:
+    [(returncode, stdout + stderr)] of each worker, in order.
+  """
+  workers = [f"{_LOOPBACK}:{_free_port()}" for _ in commands]
+  processes = []
+  for index, command in enumerate(commands):
+    env = dict(os.environ, TF_CONFIG=json.dumps(
+        {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}))
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    # Workers import this checkout (`deeplab_axial`, `tests`), as pytest does.
+    env["PYTHONPATH"] = os.pathsep.join(
+        [_REPO] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    processes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+  results = []
+  try:
+    for process in processes:
+      output, _ = process.communicate(timeout=timeout_s)
+      results.append((process.returncode, output))
+  finally:
+    for process in processes:
+      if process.poll() is None:
+        process.kill()
+        process.wait()
+  return results
+
+
+def tiny_imagenet_records(directory):
+  """Converts a tiny 3-class ImageNet (train: 3 images a class, val: 2) into
+  `directory/records`; returns that directory (`train-*` and `val-*` TFRecords).
+
+  Class 0 is reddish, 1 greenish, 2 bluish, so a classifier can learn them in a few steps.
+  """
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  from deeplab_axial.data import datasets  # pylint: disable=import-outside-toplevel
+  from deeplab_axial.data.converters import imagenet  # pylint: disable=import-outside-toplevel
+  raw, records = os.path.join(directory, "raw"), os.path.join(directory, "records")
+  synsets = datasets.imagenet_synsets()[:3]
+  rng = np.random.default_rng(0)
+  for split, count in (("train", 3), ("val", 2)):
+    for label, synset in enumerate(synsets):
+      folder = os.path.join(raw, split, synset)
+      os.makedirs(folder)
+      for index in range(count):
+        colour = np.array([200 * (label == 0), 200 * (label == 1), 200 * (label == 2)])
+        pixels = np.clip(colour + rng.integers(0, 40, size=(20, 24, 3)), 0, 255)
+        Image.fromarray(pixels.astype(np.uint8)).save(
+            os.path.join(folder, f"{synset}_{index}.JPEG"))
+    imagenet.convert_imagenet(raw, records, split, num_shards=1, num_workers=1,
+                              show_progress=False)
+  return records

@@ -17,10 +17,15 @@ slice of the numeric features. So:
   metrics see the whole split, exactly as a single replica would.
 
 Streaming metrics (PQ, mIoU, boundary F, top-k) live in the replicas' metric variables,
-created under `strategy.scope()`, and sum across replicas and workers when read.
+created under `strategy.scope()`, and sum across replicas and workers when read. Reading
+them is collective under MultiWorkerMirroredStrategy: every worker runs the same
+evaluation and gets the same results. The replicas also count the valid images they
+evaluated (`num_images` in the results), which shows that no image was dropped or counted
+twice.
 """
 import numpy as np
 import tensorflow as tf
+import tf_keras
 
 
 def global_eval_batch_size(batch_size, strategy):
@@ -70,6 +75,9 @@ class EvalLoop:
     self.per_replica_batch_size = global_batch_size // strategy.num_replicas_in_sync
     self._predict = (tf.function(evaluator.predict, jit_compile=True) if jit_compile
                      else evaluator.predict)
+    with strategy.scope():
+      # float64 counts exactly up to 2**53 images.
+      self._num_images = tf_keras.metrics.Sum(name="num_images", dtype=tf.float64)
     self._step = tf.function(self._distributed_step, reduce_retracing=True)
 
   def _distributed_step(self, batch, with_predictions):
@@ -78,6 +86,7 @@ class EvalLoop:
     return {key: self.strategy.gather(value, axis=0) for key, value in outputs.items()}
 
   def _replica_step(self, batch, with_predictions):
+    self._num_images.update_state(tf.reduce_sum(tf.cast(batch["valid"], tf.float64)))
     return self.evaluator.update(batch, self._predict(batch), with_predictions)
 
   def distribute(self, numeric):
@@ -90,16 +99,33 @@ class EvalLoop:
 
     return self.strategy.experimental_distribute_values_from_function(replica_slice)
 
-  def evaluate(self, dataset, num_steps=None, prediction_writer=None):
+  def evaluate(self, dataset, num_steps=None, prediction_writer=None,
+               with_predictions=False):
     """Evaluates over `dataset` (global batches, not distributed) or its first
-    `num_steps` batches; returns `evaluator.results()`."""
+    `num_steps` batches.
+
+    Args:
+      dataset: the whole split in global batches (the same on every worker).
+      num_steps: evaluate only the first `num_steps` batches; None = all.
+      prediction_writer: gets every prediction (`TaskEvaluator.host_update`); implies
+        `with_predictions`.
+      with_predictions: gather every prediction to the host. The gather is collective:
+        under MultiWorkerMirroredStrategy every worker must pass the same value, also
+        those that write nothing (only the chief writes `eval.save_predictions`).
+
+    Returns:
+      `evaluator.results()` plus `num_images`, the number of valid images the replicas
+      evaluated.
+    """
+    with_predictions = with_predictions or prediction_writer is not None
     self.evaluator.reset()
+    self._num_images.reset_state()
     next_index = 0
     for step, batch in enumerate(dataset):
       if num_steps is not None and step >= num_steps:
         break
       padded, count = _pad_to(numeric_features(batch), self.global_batch_size)
-      gathered = self._step(self.distribute(padded), prediction_writer is not None)
+      gathered = self._step(self.distribute(padded), with_predictions)
       if gathered:
         # String features never left the host; they join the outputs by position.
         host = {key: value.numpy() for key, value in batch.items()}
@@ -108,20 +134,21 @@ class EvalLoop:
             host, {key: value.numpy()[:count] for key, value in gathered.items()},
             prediction_writer)
       next_index += count
-    return self.evaluator.results()
+    return dict(self.evaluator.results(), num_images=int(self._num_images.result()))
 
 
 def evaluate_task(task, model, strategy, *, num_steps=None, prediction_writer=None,
-                  jit_compile=False, loop=None):
-  """One evaluation of `model` for `task`; returns (results, the EvalLoop to reuse)."""
+                  with_predictions=False, jit_compile=False, loop=None):
+  """One evaluation of `model` for `task` (see `EvalLoop.evaluate`); returns (results,
+  the EvalLoop to reuse)."""
   if loop is None or loop.evaluator.model_fn is not model:
     with strategy.scope():
       evaluator = task.create_evaluator(model)
     batch_size = global_eval_batch_size(task.config.eval.batch_size, strategy)
     loop = EvalLoop(strategy, evaluator, batch_size, jit_compile=jit_compile)
   dataset = task.eval_dataset(loop.global_batch_size)
-  return loop.evaluate(dataset, num_steps=num_steps,
-                       prediction_writer=prediction_writer), loop
+  return loop.evaluate(dataset, num_steps=num_steps, prediction_writer=prediction_writer,
+                       with_predictions=with_predictions), loop
 
 
 __all__ = ["EvalLoop", "evaluate_task", "global_eval_batch_size", "numeric_features"]

@@ -179,11 +179,13 @@ class _Experiment:
     return scalars
 
   def _evaluate_and_save_predictions(self, step, num_steps):
-    """Evaluates and writes official-format predictions to model_dir/eval_predictions."""
-    if distribution.num_workers(self.strategy) > 1:
-      # Every worker holds the gathered predictions and would write the same files.
-      raise ValueError("eval.save_predictions works with one worker; with several, write "
-                       "predictions with trainer/predict.py")
+    """Evaluates and writes official-format predictions to model_dir/eval_predictions.
+
+    Every worker gathers the predictions of all replicas (the gather is collective); only
+    the chief writes them.
+    """
+    if not distribution.is_chief(self.strategy):
+      return self._evaluate(num_steps, with_predictions=True)
     output_dir = os.path.join(self.model_dir, PREDICTIONS_DIR, f"step_{step}")
     writer = self.task.prediction_writer(output_dir)
     with writer:
@@ -191,10 +193,11 @@ class _Experiment:
     logging.info("wrote %d predictions to %s", len(writer.annotations), output_dir)
     return results
 
-  def _evaluate(self, num_steps, prediction_writer=None):
+  def _evaluate(self, num_steps, prediction_writer=None, with_predictions=False):
     results, self._eval_loop = evaluation.evaluate_task(
         self.task, self.model, self.strategy, num_steps=num_steps,
-        prediction_writer=prediction_writer, loop=self._eval_loop)
+        prediction_writer=prediction_writer, with_predictions=with_predictions,
+        loop=self._eval_loop)
     return results
 
   def _record_metrics(self, step, scalars):
@@ -233,14 +236,16 @@ class _Experiment:
     total, interval = self.config.train.steps, self.config.eval.interval
     step = self.trainer.global_step
     results = read_metrics(self.metrics_path).get(str(step), {})
-    if step >= total and results:
-      logging.info("Training already finished at step %d and was evaluated: %s", step,
-                   results)
-      return results
+    if step >= total:
+      if results:
+        logging.info("Training already finished at step %d and was evaluated: %s", step,
+                     results)
+        return results
+      return self.evaluate(step)
+    # Whether to evaluate is decided from this run's steps, not from eval_metrics.json:
+    # only the chief writes that file, and every worker must run the same evaluations.
     while step < total:
       step = self.trainer.train(until_step=min(total, (step // interval + 1) * interval))
-      results = self.evaluate(step)
-    if str(step) not in read_metrics(self.metrics_path):
       results = self.evaluate(step)
     return results
 

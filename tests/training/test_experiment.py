@@ -15,7 +15,6 @@ from deeplab_axial import config as config_lib
 from deeplab_axial.data import datasets
 from deeplab_axial.data import pipeline
 from deeplab_axial.data import encoding
-from deeplab_axial.data.converters import imagenet
 from deeplab_axial.data.converters import shapes
 from deeplab_axial.models import builder
 from deeplab_axial.training import experiment
@@ -200,27 +199,9 @@ def test_semantic_backbone_initialized_from_a_panoptic_checkpoint(
   assert not any(np.shape(t) == head.shape and np.array_equal(t, head) for t in tensors)
 
 
-def _write_tiny_imagenet(root):
-  synsets = datasets.imagenet_synsets()[:3]
-  rng = np.random.default_rng(0)
-  for split, count in (("train", 3), ("val", 2)):
-    for label, synset in enumerate(synsets):
-      folder = os.path.join(root, split, synset)
-      os.makedirs(folder)
-      for index in range(count):
-        colour = np.array([200 * (label == 0), 200 * (label == 1), 200 * (label == 2)])
-        pixels = np.clip(colour + rng.integers(0, 40, size=(20, 24, 3)), 0, 255)
-        Image.fromarray(pixels.astype(np.uint8)).save(
-            os.path.join(folder, f"{synset}_{index}.JPEG"))
-
-
 def test_classification_train_and_eval_reports_top1_top5(tiny_backbone, tmp_path):
   del tiny_backbone
-  raw, records = str(tmp_path / "raw"), str(tmp_path / "records")
-  _write_tiny_imagenet(raw)
-  for split in ("train", "val"):
-    imagenet.convert_imagenet(raw, records, split, num_shards=1, num_workers=1,
-                              show_progress=False)
+  records = helpers.tiny_imagenet_records(str(tmp_path))
   config = config_lib.parse_config(f"""
       model {{ meta_architecture: "classification" backbone {{ name: "resnet50" }}
                classifier_dropout: 0.1 }}
@@ -234,7 +215,7 @@ def test_classification_train_and_eval_reports_top1_top5(tiny_backbone, tmp_path
       eval {{ interval: 2 batch_size: 4 resize_size: 18 }}""")
   model_dir = str(tmp_path / "model")
   results = experiment.run_experiment(config, "train_and_eval", model_dir)
-  assert set(results) == {"top1", "top5"}
+  assert set(results) == {"top1", "top5", "num_images"} and results["num_images"] == 6
   assert 0.0 <= results["top1"] <= results["top5"] <= 1.0
   assert _metrics_file(model_dir) == {"2": results}
 
@@ -261,11 +242,7 @@ def test_semantic_segvit_on_vit_tiny(shapes_records, tmp_path):
 @pytest.mark.slow
 def test_classification_on_resnet50_from_the_imagenet_config(tmp_path):
   """The shipped ImageNet recipe runs with a ResNet-50 (config values overridden small)."""
-  raw, records = str(tmp_path / "raw"), str(tmp_path / "records")
-  _write_tiny_imagenet(raw)
-  for split in ("train", "val"):
-    imagenet.convert_imagenet(raw, records, split, num_shards=1, num_workers=1,
-                              show_progress=False)
+  records = helpers.tiny_imagenet_records(str(tmp_path))
   path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
       os.path.abspath(__file__)))), "configs", "imagenet", "axial_resnet_s_conv_stem.textproto")
   config = config_lib.load_config(path, [

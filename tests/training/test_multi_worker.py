@@ -4,9 +4,7 @@ Run as a script, this file is one worker: `python test_multi_worker.py MODEL_DIR
 TOTAL_STEPS` with TF_CONFIG set. It trains the toy model through `loop.Trainer` under
 `distribution.create_strategy()`, resuming from MODEL_DIR, and saves its final weights.
 """
-import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -18,9 +16,10 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
 
+from tests import helpers  # noqa: E402
+
 _GLOBAL_BATCH = 4
 _WORKER_TIMEOUT_S = 240
-_LOOPBACK = "127.0.0.1"
 
 
 def _global_batch():
@@ -75,36 +74,12 @@ def _train(strategy, model_dir, total_steps, until_steps):
   return model
 
 
-def _free_port():
-  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-    s.bind((_LOOPBACK, 0))
-    return s.getsockname()[1]
-
-
 def _run_cluster(model_dir, out_dir, total_steps, until_steps):
   """Runs the two workers to completion; returns their (returncode, output) pairs."""
-  workers = [f"{_LOOPBACK}:{_free_port()}" for _ in range(2)]
-  processes = []
-  for index in range(2):
-    env = dict(os.environ, TF_CONFIG=json.dumps(
-        {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}))
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    processes.append(subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), str(model_dir),
-         str(out_dir / f"worker{index}.npz"), str(total_steps),
-         ",".join(map(str, until_steps))],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-  results = []
-  try:
-    for process in processes:
-      output, _ = process.communicate(timeout=_WORKER_TIMEOUT_S)
-      results.append((process.returncode, output))
-  finally:
-    for process in processes:
-      if process.poll() is None:
-        process.kill()
-        process.wait()
-  return results
+  return helpers.run_local_cluster(
+      [[sys.executable, os.path.abspath(__file__), str(model_dir),
+        str(out_dir / f"worker{index}.npz"), str(total_steps),
+        ",".join(map(str, until_steps))] for index in range(2)], _WORKER_TIMEOUT_S)
 
 
 def _files_under(directory):
