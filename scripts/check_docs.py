@@ -12,8 +12,9 @@ A block that cannot run here carries, on the line before its fence, the marker
 
   <!-- doc-check: skip (why: e.g. needs a TF Serving server) -->
 
-Any block that fails and is not marked makes the check fail; the report lists what ran,
-what failed (with the tail of its output) and what was skipped and why.
+Any block that fails and is not marked makes the check fail (exit 1); the report lists
+what ran, what failed (with the tail of its output) and what was skipped and why. A
+malformed marker or fence, or an unreadable file, exits 2 with one line naming it.
 
 The blocks run in a fresh workspace directory (their working directory), laid out so the
 documented paths exist without editing the commands:
@@ -55,7 +56,7 @@ DEMO_ARGS = ("--config_override='train.steps: 2'", "--config_override='train.bat
              "--config_override='solver.warmup_steps: 0'")
 OUTPUT_TAIL_CHARS = 3000
 
-_FENCE = re.compile(r"^(`{3,})\s*([\w+-]*)\s*$")
+_FENCE = re.compile(r"^(`{3,})\s*([\w+-]*)")  # the language is the info string's first word
 _MARKER = re.compile(r"^<!--\s*doc-check:\s*(.*?)\s*-->$")
 _SKIP = re.compile(r"^skip\s+\((.+)\)$")
 
@@ -148,6 +149,13 @@ def prepare_workspace(workspace: str, python: str) -> dict:
   os.symlink(os.path.join("..", "demo_output", "model"), os.path.join(workspace, "tmp", "demo"))
   os.symlink(os.path.join("demo_output", "data", "shapes", "raw"),
              os.path.join(workspace, "ROOT"))
+  env = workspace_environment(workspace, python)
+  _write_photos(os.path.join(workspace, "photos"), python, env)
+  return env
+
+
+def workspace_environment(workspace: str, python: str) -> dict:
+  """The environment the blocks run with in `workspace`."""
   env = dict(os.environ)
   env.update({
       "PYTHONPATH": os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")])),
@@ -157,7 +165,6 @@ def prepare_workspace(workspace: str, python: str) -> dict:
       "TF_CPP_MIN_LOG_LEVEL": "2",
   })
   env.pop("DEEPLAB_AXIAL_DATA_DIR", None)
-  _write_photos(os.path.join(workspace, "photos"), python, env)
   return env
 
 
@@ -184,8 +191,13 @@ def block_command(block: Block, workspace: str, python: str) -> list:
 
 def _with_demo_args(line: str) -> str:
   if line.strip() == DEMO_COMMAND:
-    return f"{line} {' '.join(DEMO_ARGS)}"
+    return demo_command()
   return line
+
+
+def demo_command() -> str:
+  """The README's demo command with DEMO_ARGS (a bash command line)."""
+  return f"{DEMO_COMMAND} {' '.join(DEMO_ARGS)}"
 
 
 def run_block(block: Block, workspace: str, python: str, env: dict):
@@ -238,7 +250,7 @@ def main(argv=None) -> int:
       return 0 if check(args.files, os.path.abspath(args.workspace), args.python) else 1
     with tempfile.TemporaryDirectory(prefix="doc_check_") as workspace:
       return 0 if check(args.files, workspace, args.python) else 1
-  except ValueError as error:
+  except (ValueError, OSError) as error:
     print(f"error: {error}", file=sys.stderr)
     return 2
 

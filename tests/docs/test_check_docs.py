@@ -38,7 +38,7 @@ a listing, not a command
 $ no language: a listing too
 ```
 
-````python
+````python title="four backticks"
 print("```")
 ````
 
@@ -83,8 +83,8 @@ def test_only_the_bare_demo_command_gets_the_short_training_args(tmp_path):
   demo = check_docs.Block("README.md", 1, "bash", "bash scripts/demo.sh\nls /tmp/x\n")
   argv = check_docs.block_command(demo, str(tmp_path), "python")
   assert argv[:3] == ["bash", "-euo", "pipefail"]
-  assert argv[-1] == (f"bash scripts/demo.sh {' '.join(check_docs.DEMO_ARGS)}\n"
-                      f"ls {tmp_path}/tmp/x")
+  assert argv[-1] == f"{check_docs.demo_command()}\nls {tmp_path}/tmp/x"
+  assert check_docs.demo_command().startswith("bash scripts/demo.sh --config_override=")
 
 
 def test_checker_fails_on_an_unmarked_failing_block_and_reports_skips(tmp_path):
@@ -101,9 +101,33 @@ def test_checker_fails_on_an_unmarked_failing_block_and_reports_skips(tmp_path):
   assert "1/2 documented blocks passed, 1 skipped" in result.stdout
 
 
-@pytest.mark.slow
-def test_every_documented_command_runs(tmp_path):
+@pytest.fixture(scope="module")
+def checked_workspace(tmp_path_factory):
+  """Runs the whole check once; returns (workspace, completed process)."""
+  workspace = tmp_path_factory.mktemp("doc_check")
   result = subprocess.run(
-      [sys.executable, _SCRIPT, f"--workspace={tmp_path}"], capture_output=True, text=True,
+      [sys.executable, _SCRIPT, f"--workspace={workspace}"], capture_output=True, text=True,
       check=False, timeout=1800)
+  return workspace, result
+
+
+@pytest.mark.slow
+def test_every_documented_command_runs(checked_workspace):
+  _, result = checked_workspace
   assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+  assert "documented blocks passed" in result.stdout
+
+
+@pytest.mark.slow
+def test_demo_reruns_and_reexports_over_its_pinned_version(checked_workspace):
+  workspace, _ = checked_workspace
+  saved_model = workspace / "demo_output" / "export" / "1" / "saved_model.pb"
+  first_export = saved_model.stat().st_mtime_ns
+  result = subprocess.run(
+      ["bash", "-euo", "pipefail", "-c", check_docs.demo_command()], cwd=workspace,
+      env=check_docs.workspace_environment(str(workspace), sys.executable),
+      capture_output=True, text=True, check=False, timeout=1200)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  assert saved_model.stat().st_mtime_ns != first_export  # exported again, not refused
+  assert f"Metrics: {workspace}/demo_output/model/eval_metrics.json" in result.stdout
+  assert '"pq"' in result.stdout
