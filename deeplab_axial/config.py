@@ -28,6 +28,7 @@ from google.protobuf import descriptor_pool
 from google.protobuf import text_format
 
 from deeplab_axial.models import catalogue
+from deeplab_axial import config_usage
 from deeplab_axial import errors
 from deeplab_axial.protos import experiment_pb2
 
@@ -131,7 +132,16 @@ def parse_config(text: str, source: str = "<string>",
 
 def config_to_text(config: ExperimentOptions) -> str:
   """Text-format `config`, with the proto-file header; `parse_config` reads it back."""
-  return _HEADER + text_format.MessageToString(config)
+  return _HEADER + text_format.MessageToString(config_usage.unwrap(config))
+
+
+def is_filled_default(config: ExperimentOptions, path: str, values) -> bool:
+  """True when repeated field `path` holds `values` because `load_config` filled in its
+  documented default (so they are not a setting of the user's)."""
+  for default_path, default, applies in _REPEATED_DEFAULTS:
+    if default_path == path and applies(config):
+      return list(values) == list(default(config))
+  return False
 
 
 def resolve_file_pattern(pattern: str, data_dir: Optional[str] = None) -> str:
