@@ -470,9 +470,23 @@ class _Validator:
     elif not c.dataset.augmentation.photometric:
       refuse(["dataset.augmentation." + name for name in _PHOTOMETRIC_FIELDS[1:]],
              "a jitter range, used only with dataset.augmentation.photometric: true")
+    self._loss_terms_nothing_reads(refuse)
     if meta != "panoptic_deeplab":
       refuse(["export"], "export (trainer/export.py) is implemented for meta_architecture "
              "'panoptic_deeplab' only")
+
+  def _loss_terms_nothing_reads(self, refuse):
+    meta = self._config.model.meta_architecture
+    if meta == "semantic" and self._config.model.context_head.type == "segvit":
+      refuse(["loss"], "SegViT trains with its ATM loss (class CE + mask focal + dice with "
+             "the paper's weights); the loss section does not apply")
+      return
+    unused = {"classification": ("semantic_weight", "semantic_top_k", "center_weight",
+                                 "offset_weight"),
+              "semantic": ("center_weight", "offset_weight"),
+              "panoptic_deeplab": ("label_smoothing",)}.get(meta, ())
+    refuse(["loss." + name for name in unused],
+           f"not a term of the {meta} loss (see experiment.proto LossOptions)")
 
   def _backbone_family(self):
     name = self._config.model.backbone.name

@@ -260,3 +260,14 @@ def test_jitter_ranges_need_photometric():
   assert "dataset.augmentation.hue_max_delta = " in message
   assert "used only with dataset.augmentation.photometric: true" in message
   _load(overrides=["dataset.augmentation { photometric: true hue_max_delta: 0.2 }"])
+
+
+@pytest.mark.parametrize("config, override, reason", [
+    ("segvit_demo", "loss.semantic_top_k: 0.2", "SegViT trains with its ATM loss"),
+    ("danet_demo", "loss.center_weight: 100", "not a term of the semantic loss"),
+    ("axial_deeplab_demo", "loss.label_smoothing: 0.1", "not a term of the panoptic_deeplab"),
+])
+def test_loss_terms_the_task_does_not_have_are_refused(config, override, reason):
+  with pytest.raises(config_lib.ConfigError, match=reason):
+    config_lib.load_config(os.path.join(_CONFIG_DIR, "shapes", f"{config}.textproto"),
+                           [override])
