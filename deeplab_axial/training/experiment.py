@@ -6,9 +6,12 @@ input pipeline, evaluation) lives in `deeplab_axial.tasks`; this module holds th
 mechanics (checkpoints and resume, initial checkpoints, evaluation schedule,
 `eval_metrics.json`), and `training.evaluation` the one distributed eval loop.
 """
+import contextlib
+import dataclasses
 import json
 import os
 import time
+from typing import Dict, Optional, Tuple
 
 from absl import logging
 import numpy as np
@@ -72,12 +75,57 @@ def run_experiment(experiment_config, mode, model_dir, strategy=None, data_dir=N
   if distribution.is_chief(strategy):
     with tf.io.gfile.GFile(os.path.join(model_dir, "config.textproto"), "w") as f:
       f.write(config_lib.config_to_text(experiment_config))
+  with mixed_precision_policy(experiment_config):
+    return _Experiment(experiment_config, model_dir, strategy, data_dir).run(mode)
+
+
+@contextlib.contextmanager
+def mixed_precision_policy(experiment_config):
+  """Sets the Keras policy `train.mixed_precision` inside the block, restores it after."""
   previous_policy = tf_keras.mixed_precision.global_policy()
   tf_keras.mixed_precision.set_global_policy(experiment_config.train.mixed_precision)
   try:
-    return _Experiment(experiment_config, model_dir, strategy, data_dir).run(mode)
+    yield
   finally:
     tf_keras.mixed_precision.set_global_policy(previous_policy)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+  """The `train` and `eval` settings the modes read besides the model, task and solver.
+
+  Read once when the experiment is set up (`from_config`), so that a run and a rehearsal
+  (`deeplab_axial.training.config_check`) read exactly the same fields.
+  """
+  trainer: Dict[str, object]
+  initial_checkpoint: str
+  init_modules: Tuple[str, ...]
+  allow_partial_init: bool
+  eval_interval: int
+  eval_steps: Optional[int]
+  save_predictions: bool
+  continuous_eval_timeout: int
+
+  @classmethod
+  def from_config(cls, experiment_config) -> "RunSettings":
+    train, eval_options = experiment_config.train, experiment_config.eval
+    return cls(
+        trainer={"global_batch_size": train.batch_size, "total_steps": train.steps,
+                 "steps_per_loop": train.steps_per_loop,
+                 "checkpoint_interval": train.checkpoint_interval,
+                 "max_to_keep": train.max_to_keep,
+                 "summary_interval": train.summary_interval,
+                 "jit_compile": train.jit_compile},
+        initial_checkpoint=train.initial_checkpoint,
+        init_modules=tuple(train.init_modules),
+        allow_partial_init=train.allow_partial_init,
+        eval_interval=eval_options.interval, eval_steps=eval_options.steps or None,
+        save_predictions=eval_options.save_predictions,
+        continuous_eval_timeout=eval_options.continuous_eval_timeout)
+
+  @property
+  def total_steps(self):
+    return self.trainer["total_steps"]
 
 
 def _file_pattern(patterns, data_dir, dataset_name, split):
@@ -87,7 +135,7 @@ def _file_pattern(patterns, data_dir, dataset_name, split):
   return resolved
 
 
-def _ensure_demo_data(dataset_info, patterns, data_dir):
+def _ensure_demo_data(dataset_info, patterns):
   """Creates the procedural shapes TFRecords on first use (cached afterwards)."""
   if dataset_info.name != "shapes" or all(tf.io.gfile.glob(p) for p in patterns):
     return
@@ -102,13 +150,15 @@ class _Experiment:
 
   def __init__(self, experiment_config, model_dir, strategy, data_dir):
     self.config = experiment_config
+    self.settings = RunSettings.from_config(experiment_config)
     self.model_dir = model_dir
     self.strategy = strategy
+    logging.info("experiment %s (%s)", experiment_config.experiment_name or "<unnamed>",
+                 experiment_config.model.meta_architecture)
     info = datasets.dataset_info_from_config(experiment_config.dataset, data_dir)
     dataset = experiment_config.dataset
     train_patterns = _file_pattern(dataset.train_file_pattern, data_dir, info.name, "train")
     eval_patterns = _file_pattern(dataset.eval_file_pattern, data_dir, info.name, "eval")
-    _ensure_demo_data(info, train_patterns + eval_patterns, data_dir)
     self.task = tasks.create_task(experiment_config, info, train_patterns, eval_patterns)
     tf_keras.utils.set_random_seed(experiment_config.train.seed)
     with strategy.scope():
@@ -132,15 +182,11 @@ class _Experiment:
   @property
   def trainer(self):
     if self._trainer is None:
-      train = self.config.train
       self._trainer = loop.Trainer(
           strategy=self.strategy, model=self.model, optimizer=self.optimizer,
           compute_losses=self.task.compute_losses, loss_names=self.task.loss_names,
-          train_dataset_fn=self.task.train_dataset, global_batch_size=train.batch_size,
-          total_steps=train.steps, model_dir=self.model_dir,
-          steps_per_loop=train.steps_per_loop, checkpoint_interval=train.checkpoint_interval,
-          max_to_keep=train.max_to_keep, summary_interval=train.summary_interval,
-          jit_compile=train.jit_compile,
+          train_dataset_fn=self.task.train_dataset, model_dir=self.model_dir,
+          **self.settings.trainer,
           checkpoint_items={"backbone": builder.find_backbone(self.model)},
           # Lets a run resume after solver.backbone_learning_rate_multiplier changed.
           optimizer_group_variables=builder.find_backbone(self.model).trainable_variables)
@@ -149,19 +195,19 @@ class _Experiment:
   def _restore_for_training(self):
     if self.trainer.restore_or_initialize():
       return
-    train = self.config.train
-    if train.initial_checkpoint:
-      report = restore_initial_checkpoint(self.model, train.initial_checkpoint,
-                                          train.init_modules,
-                                          allow_partial=train.allow_partial_init)
+    settings = self.settings
+    if settings.initial_checkpoint:
+      report = restore_initial_checkpoint(self.model, settings.initial_checkpoint,
+                                          settings.init_modules,
+                                          allow_partial=settings.allow_partial_init)
       logging.info("%s", report.summary())
 
   # ------------------------------------------------------------------------------ eval
   def evaluate(self, step):
     """Evaluates the current weights; writes `eval_metrics.json` and summaries."""
     start = time.perf_counter()
-    num_steps = self.config.eval.steps or None
-    if self.config.eval.save_predictions:
+    num_steps = self.settings.eval_steps
+    if self.settings.save_predictions:
       results = self._evaluate_and_save_predictions(step, num_steps)
     else:
       results = self._evaluate(num_steps)
@@ -219,6 +265,7 @@ class _Experiment:
 
   # ------------------------------------------------------------------------------ modes
   def run(self, mode):
+    _ensure_demo_data(self.task.info, self.task.train_patterns + self.task.eval_patterns)
     return getattr(self, f"_run_{mode}")()
 
   def _run_train(self):
@@ -234,7 +281,7 @@ class _Experiment:
 
   def _run_train_and_eval(self):
     self._restore_for_training()
-    total, interval = self.config.train.steps, self.config.eval.interval
+    total, interval = self.settings.total_steps, self.settings.eval_interval
     step = self.trainer.global_step
     results = read_metrics(self.metrics_path).get(str(step), {})
     if step >= total:
@@ -252,11 +299,11 @@ class _Experiment:
 
   def _run_continuous_eval(self):
     results = {}
-    timeout = self.config.eval.continuous_eval_timeout
+    timeout = self.settings.continuous_eval_timeout
     for path in tf.train.checkpoints_iterator(self.model_dir, timeout=timeout):
       step = self._restore_for_eval(path)
       results = self.evaluate(step)
-      if step >= self.config.train.steps:
+      if step >= self.settings.total_steps:
         break
     return results
 
