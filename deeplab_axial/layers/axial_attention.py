@@ -130,11 +130,13 @@ def _replica_sum(value):
 class SimilarityBatchNormalization(tf_keras.layers.Layer):
   """Batch norm of the three similarity terms, one gamma/beta per (term, head), summed.
 
-  Inputs: a list of 3 tensors (qk, qr, kr), each `[..., num_heads, queries, keys]`
-  (heads on axis -3), and an optional float `valid` mask broadcastable to them with a
-  size-1 head axis (1 = the pair takes part). Statistics are over every axis except the
-  head axis, restricted to valid pairs. Output: the sum of the normalized terms in the
-  variable dtype (float32 under mixed precision, so statistics never run in float16).
+  The normalized sum of the terms x_t (qk, qr, kr) is an affine map per (term, head),
+  sum_t scale_t * x_t + offset, with scale = gamma / sqrt(variance + epsilon) and
+  offset = sum_t (beta_t - mean_t * scale_t). This layer holds the variables and turns
+  statistics into that map (`scale_and_offset`); the attention layer applies it by
+  scaling q and k before its einsums, so the normalized terms are never materialised.
+  Statistics are over the valid (query, key) pairs of every sequence, per (term, head),
+  biased variance; the caller provides their sums (`_similarity_sums`).
   """
 
   def __init__(self, num_heads, momentum=0.9, epsilon=1e-5, synchronized=False,
@@ -159,75 +161,104 @@ class SimilarityBatchNormalization(tf_keras.layers.Layer):
                                            **moving)
     super().build(input_shape)
 
-  def _batch_moments(self, terms, valid):
-    """Returns the [3, heads] mean and biased variance over the valid pairs."""
-    means, variances = [], []
-    for term in terms:
-      rank = term.shape.rank
-      axes = [a for a in range(rank) if a != rank - 3]
-      size = tf.cast(tf.size(term, out_type=tf.int64), term.dtype)
-      if valid is None:
-        total = size / self.num_heads
-        weighted = term
-      else:
-        total = (tf.reduce_sum(valid) * size / self.num_heads
-                 / tf.cast(tf.size(valid, out_type=tf.int64), term.dtype))
-        weighted = term * valid
-      if self.synchronized:
-        total = _replica_sum(total)
-      mean = _replica_sum(tf.reduce_sum(weighted, axes)) if self.synchronized else (
-          tf.reduce_sum(weighted, axes))
-      mean = mean / total
-      centered = tf.square(term - mean[:, None, None])
-      if valid is not None:
-        centered = centered * valid
-      variance = tf.reduce_sum(centered, axes)
-      if self.synchronized:
-        variance = _replica_sum(variance)
-      means.append(mean)
-      variances.append(variance / total)
-    return tf.stack(means), tf.stack(variances)
+  def _batch_statistics(self, sums):
+    """Mean and biased variance [3, heads] from (sums, squared sums, count)."""
+    total, squares, count = sums
+    if self.synchronized:
+      # One all-reduce of every sum this replica holds.
+      packed = _replica_sum(tf.concat([tf.reshape(total, [-1]), tf.reshape(squares, [-1]),
+                                       tf.reshape(count, [1])], 0))
+      size = 3 * self.num_heads
+      total = tf.reshape(packed[:size], [3, self.num_heads])
+      squares = tf.reshape(packed[size:2 * size], [3, self.num_heads])
+      count = packed[-1]
+    mean = total / count
+    # E[x^2] - E[x]^2 >= 0 up to rounding, which must not reach the square root.
+    variance = tf.maximum(squares / count - tf.square(mean), 0.0)
+    self.moving_mean.assign(self.momentum * self.moving_mean + (1.0 - self.momentum) * mean)
+    self.moving_variance.assign(self.momentum * self.moving_variance
+                                + (1.0 - self.momentum) * variance)
+    return mean, variance
 
-  def inference_scale(self):
-    """[3, heads] per-term scales of inference mode.
+  def scale_and_offset(self, sums, training):
+    """The per-(term, head) scale and per-head offset of the normalized sum.
 
-    In inference the normalized sum is sum_t scale_t * x_t + offset with a per-head
-    offset, and a per-head constant does not change the softmax over keys, so callers
-    may fold these scales into q and k before the einsums and skip this layer's call.
+    Args:
+      sums: callable returning (sums [3, heads], squared sums [3, heads], pair count)
+        of the similarity terms over this replica's valid pairs, in the variable dtype;
+        called only in training mode.
+      training: Python bool or boolean tensor.
+
+    Returns:
+      (scale [3, heads], offset [heads]) in the variable dtype. The offset is None in
+      inference (a per-head constant does not change the softmax over keys, and nothing
+      is differentiated there); in training it is kept so that beta stays in the graph.
     """
-    return self.gamma * tf.math.rsqrt(self.moving_variance + self.epsilon)
-
-  def call(self, inputs, valid=None, training=None):
-    terms = [tf.cast(t, self.variable_dtype) for t in inputs]
-    if valid is not None:
-      valid = tf.cast(valid, self.variable_dtype)
-
-    def batch_statistics():
-      mean, variance = self._batch_moments(terms, valid)
-      self.moving_mean.assign(self.momentum * self.moving_mean
-                              + (1.0 - self.momentum) * mean)
-      self.moving_variance.assign(self.momentum * self.moving_variance
-                                  + (1.0 - self.momentum) * variance)
+    def batch():
+      mean, variance = self._batch_statistics(sums())
       return mean, variance
 
-    def moving_statistics():
+    def moving():
       return tf.identity(self.moving_mean), tf.identity(self.moving_variance)
 
-    mean, variance = _smart_cond(_resolve_training(training), batch_statistics,
-                                 moving_statistics)
-    # Fold BN into one affine map per (term, head): sum_t scale_t * x_t + offset.
+    if training is False:
+      mean, variance = moving()
+    else:
+      mean, variance = _smart_cond(training, batch, moving)
     scale = self.gamma * tf.math.rsqrt(variance + self.epsilon)
-    offset = tf.reduce_sum(self.beta - mean * scale, axis=0)
-    output = offset[:, None, None]
-    for term_index, term in enumerate(terms):
-      output = output + term * scale[term_index][:, None, None]
-    return output
+    if training is False:
+      return scale, None
+    return scale, tf.reduce_sum(self.beta - mean * scale, axis=0)
 
   def get_config(self):
     config = super().get_config()
     config.update(num_heads=self.num_heads, momentum=self.momentum, epsilon=self.epsilon,
                   synchronized=self.synchronized)
     return config
+
+
+def _similarity_sums(q, k, r_q, r_k, valid, content):
+  """Sums and squared sums of the similarity terms over the valid pairs, per head.
+
+  The terms are qk[s,j,h,i,w] = q[s,j,i,h].k[s,j,w,h], qr = q[s,j,i,h].r_q[i,w] and
+  kr = k[s,j,w,h].r_k[i,w]. Only qk with a mask needs the materialised term (`content`);
+  the others come from small Gram matrices, e.g. sum over pairs of qr^2 =
+  sum_{j,i,h} <sum_s q q^T, sum_w valid r_q r_q^T>, which costs O(length * depth^2)
+  instead of O(length * keys * depth) and keeps no full-size tensor for the backward.
+
+  Args:
+    q: `[sequences, blocks, queries, heads, depth]`.
+    k: `[sequences, blocks, keys, heads, depth]`.
+    r_q, r_k: `[queries, keys, depth]` gathered relative embeddings.
+    valid: None (every pair valid) or a 0/1 `[blocks, 1, queries, keys]` mask.
+    content: the qk term `[sequences, blocks, heads, queries, keys]` times `valid`, or
+      None when `valid` is None.
+
+  Returns:
+    (sums [3, heads], squared sums [3, heads], number of valid pairs per head), all in
+    q's dtype.
+  """
+  sequences = tf.cast(tf.shape(q)[0], q.dtype)
+  if valid is None:
+    q_sum = tf.reduce_sum(q, axis=2)
+    k_sum = tf.reduce_sum(k, axis=2)
+    qk_sum = tf.einsum("sjhd,sjhd->h", q_sum, k_sum)
+    qk_squares = tf.einsum("sjhde,sjhde->h", tf.einsum("sjihd,sjihe->sjhde", q, q),
+                           tf.einsum("sjwhd,sjwhe->sjhde", k, k))
+    pair_weights = tf.ones(tf.shape(r_q)[:2], q.dtype)[None]  # [1, queries, keys]
+  else:
+    qk_sum = tf.reduce_sum(content, axis=[0, 1, 3, 4])
+    qk_squares = tf.reduce_sum(tf.square(content), axis=[0, 1, 3, 4])
+    pair_weights = valid[:, 0]  # [blocks, queries, keys]
+  qr_sum = tf.einsum("sjihd,jid->h", q, tf.einsum("jiw,iwd->jid", pair_weights, r_q))
+  r_q_gram = tf.einsum("jiwd,iwe->jide", pair_weights[..., None] * r_q, r_q)
+  qr_squares = tf.einsum("jihde,jide->h", tf.einsum("sjihd,sjihe->jihde", q, q), r_q_gram)
+  kr_sum = tf.einsum("sjwhd,jwd->h", k, tf.einsum("jiw,iwd->jwd", pair_weights, r_k))
+  r_k_gram = tf.einsum("jiwd,iwe->jwde", pair_weights[..., None] * r_k, r_k)
+  kr_squares = tf.einsum("jwhde,jwde->h", tf.einsum("sjwhd,sjwhe->jwhde", k, k), r_k_gram)
+  count = sequences * tf.reduce_sum(pair_weights)
+  return (tf.stack([qk_sum, qr_sum, kr_sum]), tf.stack([qk_squares, qr_squares, kr_squares]),
+          count)
 
 
 def _sum_in_dtype(terms, dtype):
@@ -464,6 +495,65 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
 
   # -- forward -----------------------------------------------------------------------
 
+  def _similarity_logits(self, q, k, r_q, r_k, valid, training):
+    """Normalized logits qk + qr + kr `[s, blocks, heads, queries, keys]`.
+
+    The similarity batch norm is an affine map per (term, head) (see
+    `SimilarityBatchNormalization`), so its scales are folded into q and k before the
+    einsums in training as in inference; the batch statistics come from
+    `_similarity_sums` (Gram matrices, no per-term tensors). The only full-size tensor
+    besides the logits is the masked qk term when a mask restricts the training
+    statistics. Masked pairs get `_MASKED_LOGIT` added. Returns the variable dtype.
+
+    Args:
+      q: `[s, blocks, queries, heads, dq]`; k: `[s, blocks, keys, heads, dq]`.
+      r_q, r_k: `[queries, keys, dq]`.
+      valid: None or a 0/1 `[blocks, 1, queries, keys]` mask.
+      training: as in `call`.
+    """
+    training = _resolve_training(training)
+    dtype = self.variable_dtype
+    if valid is not None:
+      valid = tf.cast(valid, dtype)
+    content = None  # qk * valid, needed only for masked training statistics
+    offset = None
+    q_content, q_position, k_position = q, q, k
+    if self.use_batch_norm:
+      if valid is not None and training is not False:
+        content = tf.cast(tf.einsum("sjihd,sjwhd->sjhiw", q, k), dtype) * valid
+
+      def sums():
+        return _similarity_sums(*[tf.cast(t, dtype) for t in (q, k, r_q, r_k)], valid,
+                                content)
+
+      scale, offset = self.similarity_batch_norm.scale_and_offset(sums, training)
+      folded = tf.cast(scale, q.dtype)[:, :, None]
+      q_content, q_position, k_position = q * folded[0], q * folded[1], k * folded[2]
+    # s: sequence, j: block, i: query in block, w: key in window, h: head.
+    if content is None:
+      content = tf.einsum("sjihd,sjwhd->sjhiw", q_content, k)
+    else:
+      content = content * scale[0][:, None, None]
+    bias = None if offset is None else offset[:, None, None]
+    if valid is not None and valid.shape[0] == 1:
+      # The dense plan's band mask (one block, so one [query, key] mask, like r^q) rides
+      # along in the q.r^q einsum as an extra depth channel (q: 1, r^q: 0 or the masked
+      # logit): a separate select or add on the full logits cost up to ~40% of the layer
+      # under XLA (measured at 65²). Finite in float16 too (-1e9 would overflow there).
+      masked_logit = max(_MASKED_LOGIT, -float(r_q.dtype.max) / 2)
+      mask_bias = tf.cast((1.0 - valid[0, 0]) * masked_logit, r_q.dtype)
+      q_position = tf.concat([q_position, tf.ones_like(q_position[..., :1])], -1)
+      r_q = tf.concat([r_q, mask_bias[..., None]], -1)
+    elif valid is not None:
+      # Blocked plan: one small [blocks, 1, queries, keys] bias, added with the offset.
+      mask_bias = (1.0 - valid) * _MASKED_LOGIT
+      bias = mask_bias if bias is None else bias + mask_bias
+    query_position = tf.einsum("sjihd,iwd->sjhiw", q_position, r_q)
+    key_position = tf.einsum("sjwhd,iwd->sjhiw", k_position, r_k)
+    logits = _sum_in_dtype([content, query_position, key_position], dtype)
+    return logits if bias is None else logits + bias
+
+
   def call(self, inputs, training=None):
     if inputs.shape.rank != 4:
       raise ValueError(f"{type(self).__name__} expects a 4-D [batch, height, width, "
@@ -485,37 +575,7 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
     relative = tf.gather(tf.cast(self.relative_embeddings, q.dtype), rows)
     r_q, r_k, r_v = tf.split(relative, [self.query_depth, self.query_depth,
                                         self.value_depth], -1)
-    training = _resolve_training(training)
-    # In inference the similarity batch norm is a per-(term, head) scale plus a
-    # per-head offset that the softmax ignores: fold the scales into q and k.
-    fold = self.use_batch_norm and training is False
-    q_content, q_position, k_position = q, q, k
-    if fold:
-      scale = tf.cast(self.similarity_batch_norm.inference_scale(), q.dtype)[:, :, None]
-      q_content, q_position, k_position = q * scale[0], q * scale[1], k * scale[2]
-    # s: sequence, j: block, i: query in block, w: key in window, h: head.
-    content = tf.einsum("sjihd,sjwhd->sjhiw", q_content, k)
-    # Without a similarity BN in the way, the dense plan's band mask (one block, so one
-    # [query, key] mask, like r^q) rides along in the q.r^q einsum as an extra depth
-    # channel (q: 1, r^q: 0 or the masked logit): a separate select or add on the full
-    # logits cost up to ~40% of the layer under XLA (measured at 65²).
-    mask_in_einsum = (valid is not None and valid.shape[0] == 1
-                      and (fold or not self.use_batch_norm))
-    if mask_in_einsum:
-      # Finite in float16 too (-1e9 would overflow to -inf there).
-      masked_logit = max(_MASKED_LOGIT, -float(r_q.dtype.max) / 2)
-      mask_bias = tf.cast((1.0 - valid[0, 0]) * masked_logit, r_q.dtype)
-      q_position = tf.concat([q_position, tf.ones_like(q_position[..., :1])], -1)
-      r_q = tf.concat([r_q, mask_bias[..., None]], -1)
-    query_position = tf.einsum("sjihd,iwd->sjhiw", q_position, r_q)
-    key_position = tf.einsum("sjwhd,iwd->sjhiw", k_position, r_k)
-    terms = [content, query_position, key_position]
-    if self.use_batch_norm and not fold:
-      logits = self.similarity_batch_norm(terms, valid=valid, training=training)
-    else:
-      logits = _sum_in_dtype(terms, self.variable_dtype)
-    if valid is not None and not mask_in_einsum:
-      logits = tf.where(valid > 0, logits, _MASKED_LOGIT)
+    logits = self._similarity_logits(q, k, r_q, r_k, valid, training)
     weights = tf.cast(tf.nn.softmax(logits, axis=-1), v.dtype)
     retrieved_content = tf.einsum("sjhiw,sjwhd->sjihd", weights, v)
     retrieved_position = tf.einsum("sjhiw,iwd->sjihd", weights, r_v)
