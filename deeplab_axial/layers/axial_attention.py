@@ -217,11 +217,36 @@ class SimilarityBatchNormalization(tf_keras.layers.Layer):
     return config
 
 
-def _similarity_sums(q, k, r_q, r_k, valid, content):
+@tf.custom_gradient
+def _masked_sums_per_head(term, valid):
+  """(sum, squared sum) `[heads]` of `term` over the pairs where `valid` is 1.
+
+  Args:
+    term: `[sequences, blocks, heads, queries, keys]`.
+    valid: 0/1 `[blocks, 1, queries, keys]` (no gradient).
+
+  Its own gradient, valid * (d_sum + 2 * d_squares * term), is one expression instead of
+  autodiff's broadcasts of the masked products, and the reductions run over contiguous
+  axes (a reduction over axes (0, 1, 3, 4) of the 5-D layout is several times slower).
+  """
+  masked = term * valid
+  shape = tf.shape(term)
+  rows = tf.reshape(masked, [shape[0] * shape[1], shape[2], shape[3] * shape[4]])
+  sums = tf.reduce_sum(tf.reduce_sum(rows, axis=2), axis=0)
+  squares = tf.reduce_sum(tf.reduce_sum(tf.square(rows), axis=2), axis=0)
+
+  def gradient(d_sums, d_squares):
+    d_term = valid * (d_sums[:, None, None] + 2.0 * d_squares[:, None, None] * term)
+    return d_term, tf.zeros_like(valid)
+
+  return (sums, squares), gradient
+
+
+def _similarity_sums(q, k, r_q, r_k, valid, content_sums):
   """Sums and squared sums of the similarity terms over the valid pairs, per head.
 
   The terms are qk[s,j,h,i,w] = q[s,j,i,h].k[s,j,w,h], qr = q[s,j,i,h].r_q[i,w] and
-  kr = k[s,j,w,h].r_k[i,w]. Only qk with a mask needs the materialised term (`content`);
+  kr = k[s,j,w,h].r_k[i,w]. Only qk with a mask needs the materialised term;
   the others come from small Gram matrices, e.g. sum over pairs of qr^2 =
   sum_{j,i,h} <sum_s q q^T, sum_w valid r_q r_q^T>, which costs O(length * depth^2)
   instead of O(length * keys * depth) and keeps no full-size tensor for the backward.
@@ -231,8 +256,8 @@ def _similarity_sums(q, k, r_q, r_k, valid, content):
     k: `[sequences, blocks, keys, heads, depth]`.
     r_q, r_k: `[queries, keys, depth]` gathered relative embeddings.
     valid: None (every pair valid) or a 0/1 `[blocks, 1, queries, keys]` mask.
-    content: the qk term `[sequences, blocks, heads, queries, keys]` times `valid`, or
-      None when `valid` is None.
+    content_sums: with a mask, (sum, squared sum) `[heads]` of the qk term over the
+      valid pairs (`_masked_sums_per_head`); None without.
 
   Returns:
     (sums [3, heads], squared sums [3, heads], number of valid pairs per head), all in
@@ -247,8 +272,7 @@ def _similarity_sums(q, k, r_q, r_k, valid, content):
                            tf.einsum("sjwhd,sjwhe->sjhde", k, k))
     pair_weights = tf.ones(tf.shape(r_q)[:2], q.dtype)[None]  # [1, queries, keys]
   else:
-    qk_sum = tf.reduce_sum(content, axis=[0, 1, 3, 4])
-    qk_squares = tf.reduce_sum(tf.square(content), axis=[0, 1, 3, 4])
+    qk_sum, qk_squares = content_sums
     pair_weights = valid[:, 0]  # [blocks, queries, keys]
   qr_sum = tf.einsum("sjihd,jid->h", q, tf.einsum("jiw,iwd->jid", pair_weights, r_q))
   r_q_gram = tf.einsum("jiwd,iwe->jide", pair_weights[..., None] * r_q, r_q)
@@ -429,7 +453,10 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
   # -- the blocked representation ----------------------------------------------------
   # Both paths produce queries [s, blocks, block, heads, d], keys/values
   # [s, blocks, window, heads, d], a table-row index [block, window] (the same for
-  # every block) and a float validity mask [blocks, 1, block, window] (or None).
+  # every block), a float validity mask [blocks, 1, block, window] (or None) for the
+  # statistics, and the two masks it is made of for the logits: the band [block, window]
+  # and the keys inside the axis [blocks, window] (each None when all ones). Queries past
+  # the axis end (blocked plan) are not masked in the logits: their outputs are cropped.
 
   def _dense_plan(self, q, k, v, length):
     """One block holding the whole axis: every query sees every key (band-masked)."""
@@ -445,7 +472,8 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
       # An axis of at most r + 1 positions puts every pair inside the band.
       valid = None if static is not None and static <= radius + 1 else (
           tf.cast(tf.abs(offsets) <= radius, tf.float32)[None, None])
-    return q[:, None], k[:, None], v[:, None], rows, valid
+    band = None if valid is None else valid[0, 0]
+    return q[:, None], k[:, None], v[:, None], rows, valid, band, None
 
   def _blocked_plan(self, q, k, v, length):
     """Blocks of b=max(r, 1) queries attending to a 3b-key window (O(length * m)).
@@ -479,9 +507,11 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
     block_start = (tf.range(num_blocks) * block)[:, None, None]
     query_pos = block_start + query_in_block[None]
     key_pos = block_start + key_in_window[None] - block
-    valid = in_band[None] & (query_pos < length) & (key_pos >= 0) & (key_pos < length)
+    key_inside = (key_pos >= 0) & (key_pos < length)  # [blocks, 1, window]
+    valid = in_band[None] & (query_pos < length) & key_inside
     valid = tf.cast(valid, tf.float32)[:, None]  # [blocks, 1, block, window]
-    return q, windows(k), windows(v), rows, valid
+    return (q, windows(k), windows(v), rows, valid, tf.cast(in_band, tf.float32),
+            tf.cast(key_inside[:, 0], tf.float32))
 
   def _plan(self, q, k, v, length):
     if self.span is None:
@@ -490,12 +520,17 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
     if static is not None:
       plan = self._dense_plan if static < 2 * self.span else self._blocked_plan
       return plan(q, k, v, length)
-    return tf.cond(length < 2 * self.span, lambda: self._dense_plan(q, k, v, length),
+
+    def dense():
+      # Both branches of the cond must give tensors: an all-ones key mask here.
+      return self._dense_plan(q, k, v, length)[:-1] + (tf.ones([1, length]),)
+
+    return tf.cond(length < 2 * self.span, dense,
                    lambda: self._blocked_plan(q, k, v, length))
 
   # -- forward -----------------------------------------------------------------------
 
-  def _similarity_logits(self, q, k, r_q, r_k, valid, training):
+  def _similarity_logits(self, q, k, r_q, r_k, valid, band, key_inside, training):
     """Normalized logits qk + qr + kr `[s, blocks, heads, queries, keys]`.
 
     The similarity batch norm is an affine map per (term, head) (see
@@ -503,55 +538,63 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
     einsums in training as in inference; the batch statistics come from
     `_similarity_sums` (Gram matrices, no per-term tensors). The only full-size tensor
     besides the logits is the masked qk term when a mask restricts the training
-    statistics. Masked pairs get `_MASKED_LOGIT` added. Returns the variable dtype.
+    statistics. The per-head offset (kept in training so that beta stays in the graph)
+    and the masks ride along in the einsums as extra depth channels, (q: offset, r^q: 1),
+    (q: 1, r^q: 0 or the masked logit) and (q: 1, k: 0 or the masked logit): a separate
+    add or select on the full logits, and its gradient's reduction, cost more (under
+    XLA a select cost ~40% of the layer at 65²). Returns the variable dtype.
 
     Args:
       q: `[s, blocks, queries, heads, dq]`; k: `[s, blocks, keys, heads, dq]`.
       r_q, r_k: `[queries, keys, dq]`.
-      valid: None or a 0/1 `[blocks, 1, queries, keys]` mask.
+      valid: None or a 0/1 `[blocks, 1, queries, keys]` mask (statistics).
+      band: None or a 0/1 `[queries, keys]` mask (logits).
+      key_inside: None or a 0/1 `[blocks, keys]` mask (logits).
       training: as in `call`.
     """
     training = _resolve_training(training)
     dtype = self.variable_dtype
     if valid is not None:
       valid = tf.cast(valid, dtype)
-    content = None  # qk * valid, needed only for masked training statistics
+    content_sums = None  # only masked training statistics need the qk term itself
     offset = None
     q_content, q_position, k_position = q, q, k
     if self.use_batch_norm:
       if valid is not None and training is not False:
-        content = tf.cast(tf.einsum("sjihd,sjwhd->sjhiw", q, k), dtype) * valid
+        content_sums = _masked_sums_per_head(
+            tf.cast(tf.einsum("sjihd,sjwhd->sjhiw", q, k, name="content_statistics"),
+                    dtype), valid)
 
       def sums():
         return _similarity_sums(*[tf.cast(t, dtype) for t in (q, k, r_q, r_k)], valid,
-                                content)
+                                content_sums)
 
       scale, offset = self.similarity_batch_norm.scale_and_offset(sums, training)
       folded = tf.cast(scale, q.dtype)[:, :, None]
       q_content, q_position, k_position = q * folded[0], q * folded[1], k * folded[2]
     # s: sequence, j: block, i: query in block, w: key in window, h: head.
-    if content is None:
-      content = tf.einsum("sjihd,sjwhd->sjhiw", q_content, k)
-    else:
-      content = content * scale[0][:, None, None]
-    bias = None if offset is None else offset[:, None, None]
-    if valid is not None and valid.shape[0] == 1:
-      # The dense plan's band mask (one block, so one [query, key] mask, like r^q) rides
-      # along in the q.r^q einsum as an extra depth channel (q: 1, r^q: 0 or the masked
-      # logit): a separate select or add on the full logits cost up to ~40% of the layer
-      # under XLA (measured at 65²). Finite in float16 too (-1e9 would overflow there).
-      masked_logit = max(_MASKED_LOGIT, -float(r_q.dtype.max) / 2)
-      mask_bias = tf.cast((1.0 - valid[0, 0]) * masked_logit, r_q.dtype)
-      q_position = tf.concat([q_position, tf.ones_like(q_position[..., :1])], -1)
-      r_q = tf.concat([r_q, mask_bias[..., None]], -1)
-    elif valid is not None:
-      # Blocked plan: one small [blocks, 1, queries, keys] bias, added with the offset.
-      mask_bias = (1.0 - valid) * _MASKED_LOGIT
-      bias = mask_bias if bias is None else bias + mask_bias
-    query_position = tf.einsum("sjihd,iwd->sjhiw", q_position, r_q)
-    key_position = tf.einsum("sjwhd,iwd->sjhiw", k_position, r_k)
+    # Finite in float16 too (-1e9 would overflow there).
+    masked_logit = max(_MASKED_LOGIT, -float(q.dtype.max) / 2)
+    ones = tf.ones_like(q[..., :1])
+    late_offset = None
+    if offset is not None and q.dtype != dtype:
+      late_offset = offset  # float16 einsums would round a large offset coarsely
+    elif offset is not None:
+      q_position = tf.concat([q_position, ones * offset[:, None]], -1)
+      r_q = tf.concat([r_q, tf.ones_like(r_q[..., :1])], -1)
+    if band is not None:
+      q_position = tf.concat([q_position, ones], -1)
+      r_q = tf.concat([r_q, tf.cast((1.0 - band) * masked_logit, r_q.dtype)[..., None]], -1)
+    if key_inside is not None:
+      q_content = tf.concat([q_content, ones], -1)
+      key_mask = tf.cast((1.0 - key_inside) * masked_logit, k.dtype)[None, :, :, None, None]
+      k = tf.concat([k, key_mask + tf.zeros_like(k[..., :1])], -1)
+    content = tf.einsum("sjihd,sjwhd->sjhiw", q_content, k, name="content_logits")
+    query_position = tf.einsum("sjihd,iwd->sjhiw", q_position, r_q,
+                               name="query_position_logits")
+    key_position = tf.einsum("sjwhd,iwd->sjhiw", k_position, r_k, name="key_position_logits")
     logits = _sum_in_dtype([content, query_position, key_position], dtype)
-    return logits if bias is None else logits + bias
+    return logits if late_offset is None else logits + late_offset[:, None, None]
 
 
   def call(self, inputs, training=None):
@@ -564,21 +607,22 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
     # A Python int when the length is static, so that the path is chosen at trace time.
     length = x.shape[2] if x.shape[2] is not None else shape[2]
     with tf.control_dependencies(self._check_length(length)):
-      qkv = tf.einsum("boxc,cd->boxd", x, self.qkv_kernel)
+      qkv = tf.einsum("boxc,cd->boxd", x, self.qkv_kernel, name="qkv_projection")
     if self.use_batch_norm:
       qkv = self.qkv_batch_norm(qkv, training=training)
     sequences = batch * other
     qkv = tf.reshape(qkv, [sequences, length, self.num_heads, self._head_depth])
     q, k, v = tf.split(qkv, [self.query_depth, self.query_depth, self.value_depth], -1)
 
-    q, k, v, rows, valid = self._plan(q, k, v, length)
+    q, k, v, rows, valid, band, key_inside = self._plan(q, k, v, length)
     relative = tf.gather(tf.cast(self.relative_embeddings, q.dtype), rows)
     r_q, r_k, r_v = tf.split(relative, [self.query_depth, self.query_depth,
                                         self.value_depth], -1)
-    logits = self._similarity_logits(q, k, r_q, r_k, valid, training)
+    logits = self._similarity_logits(q, k, r_q, r_k, valid, band, key_inside, training)
     weights = tf.cast(tf.nn.softmax(logits, axis=-1), v.dtype)
-    retrieved_content = tf.einsum("sjhiw,sjwhd->sjihd", weights, v)
-    retrieved_position = tf.einsum("sjhiw,iwd->sjihd", weights, r_v)
+    retrieved_content = tf.einsum("sjhiw,sjwhd->sjihd", weights, v, name="retrieve_content")
+    retrieved_position = tf.einsum("sjhiw,iwd->sjihd", weights, r_v,
+                                   name="retrieve_position")
 
     # [s, blocks, block, h, dv, 2] -> [b, other, length, filters * 2], term fastest.
     stacked = tf.stack([retrieved_content, retrieved_position], axis=-1)
