@@ -15,9 +15,12 @@ Parts (`--parts`, default all but `profile`):
   `query_key_fraction=0.5`, see ../shared/reference/deeplab2/NOTE.md; skipped with a
   message when that folder is absent) at 65², 129², 257². Time: the three layers are
   called alternately in one process, best of `--repeats`. Memory: one subprocess per
-  (layer, size), peak `ru_maxrss` minus the resident size just before the step.
+  (layer, size), growth of the peak resident size during the first step after tracing
+  (`_first_step_memory_bytes`).
 * `memory`: `deeplab_axial.memory_model.estimate_training_memory_bytes` against the
-  measured training memory of Axial-ResNet-S (span 65, batch 1) at 224², 513², 769².
+  measured training memory (as for the layers, minus the same measurement at 33², the
+  runtime's one-off first-step cost) of Axial-ResNet-S (span 65, batch 1, SGD-momentum
+  step) at 224², 513², 769².
 * `profile`: per-op time of one axial block's training step (see benchmarks/README.md).
 
 The machine is shared: read the ratios (measured alternately in one run), not the
@@ -49,6 +52,7 @@ _MODELS = {
 }
 _LAYER_CHANNELS = 64
 _LOCAL_SPAN = 65
+_OVERHEAD_CROP = 33
 
 
 def _load():
@@ -60,6 +64,20 @@ def _load():
 def _current_rss_bytes():
   with open("/proc/self/statm", encoding="utf-8") as handle:
     return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _first_step_memory_bytes(step):
+  """Growth of the process's peak resident size during the first call of `step`.
+
+  Measured on a fresh process after tracing (TF's CPU allocator keeps freed memory, so
+  a later call shows no growth). It includes one-off runtime costs of the first call
+  (graph optimisation, kernel creation), which `_memory` measures at a tiny crop and
+  subtracts.
+  """
+  step.get_concrete_function()
+  before = _current_rss_bytes()
+  step().numpy()
+  return _peak_rss_bytes() - before
 
 
 def _peak_rss_bytes():
@@ -167,10 +185,7 @@ def _layers_time_child(sizes, kinds, repeats, deeplab2_dir):
 
 
 def _layer_memory_child(kind, size, deeplab2_dir):
-  step = _layer_step(kind, size, deeplab2_dir)
-  before = _current_rss_bytes()
-  step().numpy()
-  return {"bytes": _peak_rss_bytes() - before}
+  return {"bytes": _first_step_memory_bytes(_layer_step(kind, size, deeplab2_dir))}
 
 
 def _memory_model_child(size, batch, span):
@@ -194,10 +209,7 @@ def _memory_model_child(size, batch, span):
                                   model.trainable_variables))
     return loss
 
-  train_step.get_concrete_function()
-  before = _current_rss_bytes()
-  train_step().numpy()
-  return {"predicted": predicted, "measured": _peak_rss_bytes() - before}
+  return {"predicted": predicted, "measured": _first_step_memory_bytes(train_step)}
 
 
 _CHILDREN = {"backbone": _backbone_child, "layers_time": _layers_time_child,
@@ -288,16 +300,26 @@ def _layers(args):
 def _memory(args):
   sizes = [65, 129] if args.quick else [224, 513, 769]
   print(f"\n## Memory model: Axial-ResNet-S, span {_LOCAL_SPAN}, batch 1, training step "
-        f"(measured: peak RSS growth during the first step); {_load()}")
-  print("| crop | predicted MB | measured MB | predicted / measured |")
-  print("|---|---|---|---|")
+        f"(measured: peak resident-size growth during the first step, minus the same at "
+        f"{_OVERHEAD_CROP}²); {_load()}")
+  overhead = _run_child("memory_model", _OVERHEAD_CROP, 1, _LOCAL_SPAN)
+  if "error" in overhead:
+    print(f"{_OVERHEAD_CROP}² failed: {overhead['error']}")
+    return
+  print(f"first-step growth at {_OVERHEAD_CROP}²: {overhead['measured'] / 2**20:.0f} MB "
+        f"(predicted activations there: {overhead['predicted'] / 2**20:.0f} MB)")
+  print("| crop | predicted MB | first-step growth MB | minus overhead MB | "
+        "predicted / measured |")
+  print("|---|---|---|---|---|")
   for size in sizes:
     result = _run_child("memory_model", size, 1, _LOCAL_SPAN)
     if "error" in result:
       print(f"{size}² failed: {result['error']}")
       continue
-    print(f"| {size}² | {result['predicted'] / 2**20:.0f} | {result['measured'] / 2**20:.0f}"
-          f" | {result['predicted'] / result['measured']:.2f} |", flush=True)
+    measured = result["measured"] - overhead["measured"]
+    print(f"| {size}² | {result['predicted'] / 2**20:.0f} | "
+          f"{result['measured'] / 2**20:.0f} | {measured / 2**20:.0f} | "
+          f"{result['predicted'] / measured:.2f} |", flush=True)
 
 
 def _profile(args):
@@ -314,7 +336,9 @@ def _profile(args):
     outputs = block(inputs, training=True)
     loss = tf.reduce_sum(outputs * tf.random.normal(tf.shape(outputs)))
     gradients = tf.gradients(loss, block.trainable_weights)
-    with tf.compat.v1.Session() as session:
+    # One op at a time, so that each op's time is its own (not shared with concurrent ops).
+    config = tf.compat.v1.ConfigProto(inter_op_parallelism_threads=1)
+    with tf.compat.v1.Session(config=config) as session:
       session.run(tf.compat.v1.global_variables_initializer())
       session.run(gradients)
       metadata = tf.compat.v1.RunMetadata()
