@@ -7,8 +7,7 @@ Parts (`--parts`, default all but `profile`):
   at 224² batch 4 (global span) and 513² batch 1 (span 65). Every (model, setting) runs in
   its own subprocess; the models alternate, `--rounds` times, and the best step time and
   the smallest peak of each are kept. Peak = the child's `ru_maxrss`; "train MB" subtracts
-  `ru_maxrss` after building the model. `--recompute` adds rows with
-  `tf.recompute_grad` around each axial block.
+  `ru_maxrss` after building the model (and the optimizer's slots).
 * `layers`: the 2-D axial layer, 64 channels, 8 heads, batch 1, training step (forward in
   training mode + gradients of the weights and the input): ours global, ours span 65 and
   DeepLab2's `AxialAttention2D(filters=32)` (key depth 32, value depth 64 = ours with
@@ -87,25 +86,23 @@ def _peak_rss_bytes():
 
 # -- children ----------------------------------------------------------------------------
 
-def _build_model(label, span, recompute):
+def _build_model(label, span):
   import importlib  # pylint: disable=import-outside-toplevel
   module_name, function_name, kwargs = _MODELS[label]
   kwargs = dict(kwargs)
   if label != "ResNet-50":
     kwargs.update(span=span)
-    if recompute:
-      kwargs.update(recompute=True)
   return getattr(importlib.import_module(module_name), function_name)(
       num_classes=1000, **kwargs)
 
 
-def _backbone_child(label, size, batch, span, steps, recompute):
+def _backbone_child(label, size, batch, span, steps):
   """Training img/s and memory of one backbone (runs in its own process)."""
   import numpy as np  # pylint: disable=import-outside-toplevel
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   import tf_keras  # pylint: disable=import-outside-toplevel
   tf_keras.utils.set_random_seed(0)
-  model = _build_model(label, span, recompute)
+  model = _build_model(label, span)
   optimizer = tf_keras.optimizers.SGD(0.01, momentum=0.9)
   optimizer.build(model.trainable_variables)
   built = _peak_rss_bytes()
@@ -193,7 +190,7 @@ def _memory_model_child(size, batch, span):
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   import tf_keras  # pylint: disable=import-outside-toplevel
   from deeplab_axial import memory_model  # pylint: disable=import-outside-toplevel
-  model = _build_model("Axial-ResNet-S", span, recompute=False)
+  model = _build_model("Axial-ResNet-S", span)
   predicted = memory_model.estimate_training_memory_bytes(model, batch, (size, size))
   optimizer = tf_keras.optimizers.SGD(0.01, momentum=0.9)
   optimizer.build(model.trainable_variables)
@@ -231,31 +228,28 @@ def _run_child(name, *args):
 def _backbones(args):
   settings = [(64, 2, None), (97, 1, 33)] if args.quick else [(224, 4, None),
                                                                (513, 1, _LOCAL_SPAN)]
-  rows = [("ResNet-50", False)] + [(label, False) for label in args.models]
-  if args.recompute:
-    rows += [(label, True) for label in args.models]
+  rows = ["ResNet-50"] + args.models
   print(f"\n## Backbones: training step (forward + backward + SGD momentum), "
         f"best of {args.steps} steps x {args.rounds} rounds; {_load()}")
   for size, batch, span in settings:
     best = {}
     for _ in range(args.rounds):
-      for label, recompute in rows:
-        result = _run_child("backbone", label, size, batch, span, args.steps, recompute)
+      for label in rows:
+        result = _run_child("backbone", label, size, batch, span, args.steps)
         if "error" in result:
           print(f"{label} failed: {result['error']}")
           continue
-        previous = best.get((label, recompute))
+        previous = best.get(label)
         if previous is None or result["seconds"] < previous["seconds"]:
-          best[(label, recompute)] = dict(result, peak=min(
+          best[label] = dict(result, peak=min(
               result["peak"], previous["peak"]) if previous else result["peak"])
     print(f"\n{size}², batch {batch}, span {span or 'global'} ({_load()})")
     print(f"| backbone | img/s | × ResNet-50 | peak MB | train MB | peak × ResNet-50 |")
     print("|---|---|---|---|---|---|")
-    baseline = best.get(("ResNet-50", False))
-    for (label, recompute), result in best.items():
-      name = label + (" (recompute)" if recompute else "")
+    baseline = best.get("ResNet-50")
+    for label, result in best.items():
       speed = batch / result["seconds"]
-      line = f"| {name} | {speed:.2f} | "
+      line = f"| {label} | {speed:.2f} | "
       line += f"{speed * baseline['seconds'] / batch:.2f} | " if baseline else "— | "
       line += f"{result['peak'] / 2**20:.0f} | {result['train'] / 2**20:.0f} | "
       line += f"{result['peak'] / baseline['peak']:.2f} |" if baseline else "— |"
@@ -264,10 +258,10 @@ def _backbones(args):
 
 def _layers(args):
   sizes = args.sizes or ([33, 65] if args.quick else [65, 129, 257])
-  kinds = ["global", "span65"]
-  if os.path.isdir(args.deeplab2_dir):
+  kinds = [kind for kind in args.layers if kind != "deeplab2"]
+  if "deeplab2" in args.layers and os.path.isdir(args.deeplab2_dir):
     kinds.append("deeplab2")
-  else:
+  elif "deeplab2" in args.layers:
     print(f"DeepLab2 rows skipped: {os.path.normpath(args.deeplab2_dir)} not found")
   print(f"\n## 2-D axial layer training step, {_LAYER_CHANNELS} channels, batch 1; time: "
         f"best of {args.repeats}, alternated in one process; {_load()}")
@@ -380,12 +374,13 @@ def main():
   parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
   parser.add_argument("--models", nargs="+", default=["Axial-ResNet-S"],
                       choices=[label for label in _MODELS if label != "ResNet-50"])
-  parser.add_argument("--recompute", action="store_true",
-                      help="also Axial-ResNet rows with recomputed axial blocks")
   parser.add_argument("--rounds", type=int, default=2, help="alternations of the models")
   parser.add_argument("--steps", type=int, default=3, help="timed steps per backbone run")
   parser.add_argument("--repeats", type=int, default=3, help="alternated layer steps")
   parser.add_argument("--sizes", type=int, nargs="+", help="layer sizes (default by mode)")
+  parser.add_argument("--layers", nargs="+", default=["global", "span65", "deeplab2"],
+                      choices=["global", "span65", "deeplab2"],
+                      help="2-D layers to compare (DeepLab2's needs ~14 GB at 257²)")
   parser.add_argument("--profile_size", type=int, default=129)
   parser.add_argument("--profile_span", type=int, default=_LOCAL_SPAN,
                       help="0 = global")

@@ -7,8 +7,8 @@ allocates nothing — and replays the graph's ops in their creation order (forwa
 the backward in reverse), a valid execution order: every op's outputs are allocated when
 it runs and freed after their last consumer has run. The peak of the live bytes is the
 prediction. Ops that only re-label a buffer (reshape, identity, squeeze, ...) allocate
-nothing; constants and variable reads (the weights) are not activations and are not
-counted. The weights, their gradients' optimizer slots and the TF runtime come on top;
+nothing and keep their input's buffer alive as long as they are used; inputs, constants
+and variable reads (the weights) are not activations and are not counted. The weights, their gradients' optimizer slots and the TF runtime come on top;
 the gradients themselves are counted (they are live at the end of the step).
 
 So users can size a per-replica batch for an accelerator they do not have at hand:
@@ -17,12 +17,14 @@ CPU's peak-RSS growth during a step in benchmarks/README.md ("Memory model").
 """
 import tensorflow as tf
 
-# Ops whose output shares its input's buffer (no new allocation).
+# Ops whose i-th output shares the buffer of their i-th (or only) input: no allocation,
+# and that buffer lives until the alias's last consumer too.
 _ALIASING_OPS = frozenset({
     "Reshape", "Identity", "IdentityN", "Squeeze", "ExpandDims", "StopGradient",
-    "EnsureShape", "Snapshot", "PreventGradient", "ReadVariableOp", "Placeholder",
-    "Const", "VarHandleOp", "NoOp", "Shape", "ShapeN", "Size", "Rank",
+    "EnsureShape", "Snapshot", "PreventGradient",
 })
+# Ops whose outputs are not activations (inputs, constants, the weights).
+_NOT_ACTIVATIONS = frozenset({"Placeholder", "Const", "VarHandleOp", "ReadVariableOp"})
 
 
 def _is_reserve_space(operation, tensor):
@@ -51,14 +53,21 @@ def peak_live_bytes(graph):
     (peak bytes, number of op outputs whose size was unknown and counted as 0).
   """
   operations = graph.get_operations()
+  buffer_of = {}  # tensor -> the tensor that allocated its buffer
+  for operation in operations:
+    for index, tensor in enumerate(operation.outputs):
+      source = tensor
+      if operation.type in _ALIASING_OPS and operation.inputs:
+        source = buffer_of[operation.inputs[min(index, len(operation.inputs) - 1)].ref()]
+      buffer_of[tensor.ref()] = source
   last_use = {}
   for index, operation in enumerate(operations):
     for tensor in operation.inputs:
-      last_use[tensor.ref()] = index
+      last_use[buffer_of[tensor.ref()].ref()] = index
   live, peak, unknown = 0, 0, 0
   frees = {}
   for index, operation in enumerate(operations):
-    if operation.type not in _ALIASING_OPS:
+    if operation.type not in _ALIASING_OPS | _NOT_ACTIVATIONS:
       for tensor in operation.outputs:
         size = _tensor_bytes(tensor)
         if tensor.shape.num_elements() is None and not _is_reserve_space(operation, tensor):

@@ -25,11 +25,12 @@ Span
   matrix shared by all blocks, so time and memory are O(length * m) (larger blocks
   measured slower for span 15). A shorter axis uses the dense length x length map with
   the band mask, which is O(length * m) too since length < 2m, and faster there; both
-  give identical results. In inference mode a per-head constant offset is dropped from
-  the logits (the softmax ignores it) and the similarity BN scales are folded into q and
-  k before the einsums; the dense path's band mask then enters as an extra depth
-  channel of the q.r^q einsum (q: 1, r^q: 0 or a large negative logit) instead of a
-  select on the logits, which XLA runs much slower.
+  give identical results. The similarity BN is an affine map per (term, head), so its
+  scales are folded into q and k before the einsums, in training (batch statistics from
+  sums over small Gram matrices, see `_similarity_sums`) as in inference (moving
+  statistics; the per-head offset, which the softmax ignores, is dropped there). The
+  offset and the masks enter as extra depth channels of the einsums (e.g. q: 1,
+  r^q: 0 or a large negative logit) instead of an add or select on the full logits.
 
 Batch normalization (the official recipe; `use_batch_norm=False` removes all three)
 ---------------------------------------------------------------------------------------
@@ -40,7 +41,8 @@ Batch normalization (the official recipe; `use_batch_norm=False` removes all thr
   span every pair is valid, so the statistics are exactly the official ones (batch x
   length x length per (term, head)); the masked entries of the blocked layout never
   enter the statistics. Moving statistics use the Keras convention
-  (moving = momentum * moving + (1 - momentum) * batch, batch variance biased).
+  (moving = momentum * moving + (1 - momentum) * batch, batch variance biased,
+  computed as E[x^2] - E[x]^2).
 * on the two output terms (retrieved content sv and retrieved value position sve), one
   gamma/beta per (channel, term), statistics over batch x positions.
 
