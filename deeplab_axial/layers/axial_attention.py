@@ -25,11 +25,12 @@ Span
   matrix shared by all blocks, so time and memory are O(length * m) (larger blocks
   measured slower for span 15). A shorter axis uses the dense length x length map with
   the band mask, which is O(length * m) too since length < 2m, and faster there; both
-  give identical results. In inference mode a per-head constant offset is dropped from
-  the logits (the softmax ignores it) and the similarity BN scales are folded into q and
-  k before the einsums; the dense path's band mask then enters as an extra depth
-  channel of the q.r^q einsum (q: 1, r^q: 0 or a large negative logit) instead of a
-  select on the logits, which XLA runs much slower.
+  give identical results. The similarity BN is an affine map per (term, head), so its
+  scales are folded into q and k before the einsums, in training (batch statistics from
+  sums over small Gram matrices, see `_similarity_sums`) as in inference (moving
+  statistics; the per-head offset, which the softmax ignores, is dropped there). The
+  offset and the masks enter as extra depth channels of the einsums (e.g. q: 1,
+  r^q: 0 or a large negative logit) instead of an add or select on the full logits.
 
 Batch normalization (the official recipe; `use_batch_norm=False` removes all three)
 ---------------------------------------------------------------------------------------
@@ -40,7 +41,8 @@ Batch normalization (the official recipe; `use_batch_norm=False` removes all thr
   span every pair is valid, so the statistics are exactly the official ones (batch x
   length x length per (term, head)); the masked entries of the blocked layout never
   enter the statistics. Moving statistics use the Keras convention
-  (moving = momentum * moving + (1 - momentum) * batch, batch variance biased).
+  (moving = momentum * moving + (1 - momentum) * batch, batch variance biased,
+  computed as E[x^2] - E[x]^2).
 * on the two output terms (retrieved content sv and retrieved value position sve), one
   gamma/beta per (channel, term), statistics over batch x positions.
 
@@ -130,11 +132,13 @@ def _replica_sum(value):
 class SimilarityBatchNormalization(tf_keras.layers.Layer):
   """Batch norm of the three similarity terms, one gamma/beta per (term, head), summed.
 
-  Inputs: a list of 3 tensors (qk, qr, kr), each `[..., num_heads, queries, keys]`
-  (heads on axis -3), and an optional float `valid` mask broadcastable to them with a
-  size-1 head axis (1 = the pair takes part). Statistics are over every axis except the
-  head axis, restricted to valid pairs. Output: the sum of the normalized terms in the
-  variable dtype (float32 under mixed precision, so statistics never run in float16).
+  The normalized sum of the terms x_t (qk, qr, kr) is an affine map per (term, head),
+  sum_t scale_t * x_t + offset, with scale = gamma / sqrt(variance + epsilon) and
+  offset = sum_t (beta_t - mean_t * scale_t). This layer holds the variables and turns
+  statistics into that map (`scale_and_offset`); the attention layer applies it by
+  scaling q and k before its einsums, so the normalized terms are never materialised.
+  Statistics are over the valid (query, key) pairs of every sequence, per (term, head),
+  biased variance; the caller provides their sums (`_similarity_sums`).
   """
 
   def __init__(self, num_heads, momentum=0.9, epsilon=1e-5, synchronized=False,
@@ -159,75 +163,196 @@ class SimilarityBatchNormalization(tf_keras.layers.Layer):
                                            **moving)
     super().build(input_shape)
 
-  def _batch_moments(self, terms, valid):
-    """Returns the [3, heads] mean and biased variance over the valid pairs."""
-    means, variances = [], []
-    for term in terms:
-      rank = term.shape.rank
-      axes = [a for a in range(rank) if a != rank - 3]
-      size = tf.cast(tf.size(term, out_type=tf.int64), term.dtype)
-      if valid is None:
-        total = size / self.num_heads
-        weighted = term
-      else:
-        total = (tf.reduce_sum(valid) * size / self.num_heads
-                 / tf.cast(tf.size(valid, out_type=tf.int64), term.dtype))
-        weighted = term * valid
-      if self.synchronized:
-        total = _replica_sum(total)
-      mean = _replica_sum(tf.reduce_sum(weighted, axes)) if self.synchronized else (
-          tf.reduce_sum(weighted, axes))
-      mean = mean / total
-      centered = tf.square(term - mean[:, None, None])
-      if valid is not None:
-        centered = centered * valid
-      variance = tf.reduce_sum(centered, axes)
-      if self.synchronized:
-        variance = _replica_sum(variance)
-      means.append(mean)
-      variances.append(variance / total)
-    return tf.stack(means), tf.stack(variances)
+  def _batch_statistics(self, sums):
+    """Mean and biased variance [3, heads] from (sums, squared sums, count)."""
+    total, squares, count = sums
+    if self.synchronized:
+      # One all-reduce of every sum this replica holds.
+      packed = _replica_sum(tf.concat([tf.reshape(total, [-1]), tf.reshape(squares, [-1]),
+                                       tf.reshape(count, [1])], 0))
+      size = 3 * self.num_heads
+      total = tf.reshape(packed[:size], [3, self.num_heads])
+      squares = tf.reshape(packed[size:2 * size], [3, self.num_heads])
+      count = packed[-1]
+    mean = total / count
+    # E[x^2] - E[x]^2 >= 0 up to rounding, which must not reach the square root.
+    variance = tf.maximum(squares / count - tf.square(mean), 0.0)
+    self.moving_mean.assign(self.momentum * self.moving_mean + (1.0 - self.momentum) * mean)
+    self.moving_variance.assign(self.momentum * self.moving_variance
+                                + (1.0 - self.momentum) * variance)
+    return mean, variance
 
-  def inference_scale(self):
-    """[3, heads] per-term scales of inference mode.
+  def scale_and_offset(self, sums, training):
+    """The per-(term, head) scale and per-head offset of the normalized sum.
 
-    In inference the normalized sum is sum_t scale_t * x_t + offset with a per-head
-    offset, and a per-head constant does not change the softmax over keys, so callers
-    may fold these scales into q and k before the einsums and skip this layer's call.
+    Args:
+      sums: callable returning (sums [3, heads], squared sums [3, heads], pair count)
+        of the similarity terms over this replica's valid pairs, in the variable dtype;
+        called only in training mode.
+      training: Python bool or boolean tensor.
+
+    Returns:
+      (scale [3, heads], offset [heads]) in the variable dtype. The offset is None in
+      inference (a per-head constant does not change the softmax over keys, and nothing
+      is differentiated there); in training it is kept so that beta stays in the graph.
     """
-    return self.gamma * tf.math.rsqrt(self.moving_variance + self.epsilon)
-
-  def call(self, inputs, valid=None, training=None):
-    terms = [tf.cast(t, self.variable_dtype) for t in inputs]
-    if valid is not None:
-      valid = tf.cast(valid, self.variable_dtype)
-
-    def batch_statistics():
-      mean, variance = self._batch_moments(terms, valid)
-      self.moving_mean.assign(self.momentum * self.moving_mean
-                              + (1.0 - self.momentum) * mean)
-      self.moving_variance.assign(self.momentum * self.moving_variance
-                                  + (1.0 - self.momentum) * variance)
+    def batch():
+      mean, variance = self._batch_statistics(sums())
       return mean, variance
 
-    def moving_statistics():
+    def moving():
       return tf.identity(self.moving_mean), tf.identity(self.moving_variance)
 
-    mean, variance = _smart_cond(_resolve_training(training), batch_statistics,
-                                 moving_statistics)
-    # Fold BN into one affine map per (term, head): sum_t scale_t * x_t + offset.
+    if training is False:
+      mean, variance = moving()
+    else:
+      mean, variance = _smart_cond(training, batch, moving)
     scale = self.gamma * tf.math.rsqrt(variance + self.epsilon)
-    offset = tf.reduce_sum(self.beta - mean * scale, axis=0)
-    output = offset[:, None, None]
-    for term_index, term in enumerate(terms):
-      output = output + term * scale[term_index][:, None, None]
-    return output
+    if training is False:
+      return scale, None
+    return scale, tf.reduce_sum(self.beta - mean * scale, axis=0)
 
   def get_config(self):
     config = super().get_config()
     config.update(num_heads=self.num_heads, momentum=self.momentum, epsilon=self.epsilon,
                   synchronized=self.synchronized)
     return config
+
+
+@tf.custom_gradient
+def _masked_sums_per_head(term, valid):
+  """(sum, squared sum) `[heads]` of `term` over the pairs where `valid` is 1.
+
+  Args:
+    term: `[sequences, blocks, heads, queries, keys]`.
+    valid: 0/1 `[blocks, 1, queries, keys]` (no gradient).
+
+  Its own gradient, valid * (d_sum + 2 * d_squares * term), is one expression instead of
+  autodiff's broadcasts of the masked products, and the reductions run over contiguous
+  axes (a reduction over axes (0, 1, 3, 4) of the 5-D layout is several times slower).
+  """
+  masked = term * valid
+  shape = tf.shape(term)
+  rows = tf.reshape(masked, [shape[0] * shape[1], shape[2], shape[3] * shape[4]])
+  sums = tf.reduce_sum(tf.reduce_sum(rows, axis=2), axis=0)
+  squares = tf.reduce_sum(tf.reduce_sum(tf.square(rows), axis=2), axis=0)
+
+  def gradient(d_sums, d_squares):
+    d_term = valid * (d_sums[:, None, None] + 2.0 * d_squares[:, None, None] * term)
+    return d_term, tf.zeros_like(valid)
+
+  return (sums, squares), gradient
+
+
+def _relative_logits(x, table, by_key):
+  """x . table per pair: `[s, blocks, heads, queries, keys]` logits of a relative term.
+
+  qr (by_key False): x = q `[s, blocks, queries, heads, d]`, out[s,j,h,i,w] =
+  q[s,j,i,h] . table[i,w]; kr (by_key True): x = k `[s, blocks, keys, heads, d]`,
+  out[s,j,h,i,w] = k[s,j,w,h] . table[i,w]. `table` is `[queries, keys, d]`.
+
+  One batched matmul over the position axis that x and the table share (queries for
+  qr, keys for kr). Its own gradient transposes the incoming gradient once for both
+  the x and the table gradients; einsum's autodiff transposed it separately for each
+  (the kr backward was ~30% of a span-65 layer's training step at 129², measured).
+  """
+  shape = tf.shape(x)
+  # Logits axes with the shared position axis first: [B, s, j, h, other].
+  to_batch = [4, 0, 1, 2, 3] if by_key else [3, 0, 1, 2, 4]
+  from_batch = [1, 2, 3, 4, 0] if by_key else [1, 2, 3, 0, 4]
+  x_rows = tf.reshape(tf.transpose(x, [2, 0, 1, 3, 4]),
+                      [shape[2], shape[0] * shape[1] * shape[3], shape[4]])
+  table_rows = tf.transpose(table, [1, 0, 2]) if by_key else table  # [B, other, d]
+
+  @tf.custom_gradient
+  def contract(x_rows, table_rows):
+    logits = tf.matmul(x_rows, table_rows, transpose_b=True)  # [B, s*j*h, other]
+    logits = tf.reshape(logits, [shape[2], shape[0], shape[1], shape[3], -1])
+
+    def gradient(d_logits):
+      d_rows = tf.transpose(d_logits, to_batch)
+      d_rows = tf.reshape(d_rows, [shape[2], shape[0] * shape[1] * shape[3], -1])
+      return (tf.matmul(d_rows, table_rows),
+              tf.matmul(d_rows, x_rows, transpose_a=True))
+
+    return tf.transpose(logits, from_batch), gradient
+
+  return contract(x_rows, table_rows)
+
+
+def _retrieve_relative(weights, table):
+  """sum_w weights[s,j,h,i,w] table[i,w]: `[s, blocks, queries, heads, d]`.
+
+  weights: `[s, blocks, heads, queries, keys]`; table: `[queries, keys, d]`. A batched
+  matmul over queries. Its own gradient recomputes the queries-first transpose of the
+  weights instead of keeping it (one full-size tensor less between forward and
+  backward) and shares it between the weights and table gradients.
+  """
+  shape = tf.shape(weights)
+
+  def queries_first(tensor):  # [s, j, h, i, w] -> [i, s*j*h, w]
+    return tf.reshape(tf.transpose(tensor, [3, 0, 1, 2, 4]),
+                      [shape[3], shape[0] * shape[1] * shape[2], shape[4]])
+
+  @tf.custom_gradient
+  def contract(weights, table):
+    rows = tf.matmul(queries_first(weights), table)  # [i, s*j*h, d]
+    rows = tf.reshape(rows, [shape[3], shape[0], shape[1], shape[2], -1])
+
+    def gradient(d_output):
+      d_rows = tf.reshape(tf.transpose(d_output, [2, 0, 1, 3, 4]),
+                          [shape[3], shape[0] * shape[1] * shape[2], -1])
+      d_weights = tf.matmul(d_rows, table, transpose_b=True)  # [i, s*j*h, w]
+      d_weights = tf.reshape(d_weights, [shape[3], shape[0], shape[1], shape[2], -1])
+      return (tf.transpose(d_weights, [1, 2, 3, 0, 4]),
+              tf.matmul(queries_first(weights), d_rows, transpose_a=True))
+
+    return tf.transpose(rows, [1, 2, 0, 3, 4]), gradient
+
+  return contract(weights, table)
+
+
+def _similarity_sums(q, k, r_q, r_k, valid, content_sums):
+  """Sums and squared sums of the similarity terms over the valid pairs, per head.
+
+  The terms are qk[s,j,h,i,w] = q[s,j,i,h].k[s,j,w,h], qr = q[s,j,i,h].r_q[i,w] and
+  kr = k[s,j,w,h].r_k[i,w]. Only qk with a mask needs the materialised term;
+  the others come from small Gram matrices, e.g. sum over pairs of qr^2 =
+  sum_{j,i,h} <sum_s q q^T, sum_w valid r_q r_q^T>, which costs O(length * depth^2)
+  instead of O(length * keys * depth) and keeps no full-size tensor for the backward.
+
+  Args:
+    q: `[sequences, blocks, queries, heads, depth]`.
+    k: `[sequences, blocks, keys, heads, depth]`.
+    r_q, r_k: `[queries, keys, depth]` gathered relative embeddings.
+    valid: None (every pair valid) or a 0/1 `[blocks, 1, queries, keys]` mask.
+    content_sums: with a mask, (sum, squared sum) `[heads]` of the qk term over the
+      valid pairs (`_masked_sums_per_head`); None without.
+
+  Returns:
+    (sums [3, heads], squared sums [3, heads], number of valid pairs per head), all in
+    q's dtype.
+  """
+  sequences = tf.cast(tf.shape(q)[0], q.dtype)
+  if valid is None:
+    q_sum = tf.reduce_sum(q, axis=2)
+    k_sum = tf.reduce_sum(k, axis=2)
+    qk_sum = tf.einsum("sjhd,sjhd->h", q_sum, k_sum)
+    qk_squares = tf.einsum("sjhde,sjhde->h", tf.einsum("sjihd,sjihe->sjhde", q, q),
+                           tf.einsum("sjwhd,sjwhe->sjhde", k, k))
+    pair_weights = tf.ones(tf.shape(r_q)[:2], q.dtype)[None]  # [1, queries, keys]
+  else:
+    qk_sum, qk_squares = content_sums
+    pair_weights = valid[:, 0]  # [blocks, queries, keys]
+  qr_sum = tf.einsum("sjihd,jid->h", q, tf.einsum("jiw,iwd->jid", pair_weights, r_q))
+  r_q_gram = tf.einsum("jiwd,iwe->jide", pair_weights[..., None] * r_q, r_q)
+  qr_squares = tf.einsum("jihde,jide->h", tf.einsum("sjihd,sjihe->jihde", q, q), r_q_gram)
+  kr_sum = tf.einsum("sjwhd,jwd->h", k, tf.einsum("jiw,iwd->jwd", pair_weights, r_k))
+  r_k_gram = tf.einsum("jiwd,iwe->jwde", pair_weights[..., None] * r_k, r_k)
+  kr_squares = tf.einsum("jwhde,jwde->h", tf.einsum("sjwhd,sjwhe->jwhde", k, k), r_k_gram)
+  count = sequences * tf.reduce_sum(pair_weights)
+  return (tf.stack([qk_sum, qr_sum, kr_sum]), tf.stack([qk_squares, qr_squares, kr_squares]),
+          count)
 
 
 def _sum_in_dtype(terms, dtype):
@@ -398,7 +523,10 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
   # -- the blocked representation ----------------------------------------------------
   # Both paths produce queries [s, blocks, block, heads, d], keys/values
   # [s, blocks, window, heads, d], a table-row index [block, window] (the same for
-  # every block) and a float validity mask [blocks, 1, block, window] (or None).
+  # every block), a float validity mask [blocks, 1, block, window] (or None) for the
+  # statistics, and the two masks it is made of for the logits: the band [block, window]
+  # and the keys inside the axis [blocks, window] (each None when all ones). Queries past
+  # the axis end (blocked plan) are not masked in the logits: their outputs are cropped.
 
   def _dense_plan(self, q, k, v, length):
     """One block holding the whole axis: every query sees every key (band-masked)."""
@@ -414,7 +542,8 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
       # An axis of at most r + 1 positions puts every pair inside the band.
       valid = None if static is not None and static <= radius + 1 else (
           tf.cast(tf.abs(offsets) <= radius, tf.float32)[None, None])
-    return q[:, None], k[:, None], v[:, None], rows, valid
+    band = None if valid is None else valid[0, 0]
+    return q[:, None], k[:, None], v[:, None], rows, valid, band, None
 
   def _blocked_plan(self, q, k, v, length):
     """Blocks of b=max(r, 1) queries attending to a 3b-key window (O(length * m)).
@@ -448,9 +577,11 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
     block_start = (tf.range(num_blocks) * block)[:, None, None]
     query_pos = block_start + query_in_block[None]
     key_pos = block_start + key_in_window[None] - block
-    valid = in_band[None] & (query_pos < length) & (key_pos >= 0) & (key_pos < length)
+    key_inside = (key_pos >= 0) & (key_pos < length)  # [blocks, 1, window]
+    valid = in_band[None] & (query_pos < length) & key_inside
     valid = tf.cast(valid, tf.float32)[:, None]  # [blocks, 1, block, window]
-    return q, windows(k), windows(v), rows, valid
+    return (q, windows(k), windows(v), rows, valid, tf.cast(in_band, tf.float32),
+            tf.cast(key_inside[:, 0], tf.float32))
 
   def _plan(self, q, k, v, length):
     if self.span is None:
@@ -459,10 +590,83 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
     if static is not None:
       plan = self._dense_plan if static < 2 * self.span else self._blocked_plan
       return plan(q, k, v, length)
-    return tf.cond(length < 2 * self.span, lambda: self._dense_plan(q, k, v, length),
+
+    def dense():
+      # Both branches of the cond must give tensors: an all-ones key mask here.
+      return self._dense_plan(q, k, v, length)[:-1] + (tf.ones([1, length]),)
+
+    return tf.cond(length < 2 * self.span, dense,
                    lambda: self._blocked_plan(q, k, v, length))
 
   # -- forward -----------------------------------------------------------------------
+
+  def _similarity_logits(self, q, k, r_q, r_k, valid, band, key_inside, training):
+    """Normalized logits qk + qr + kr `[s, blocks, heads, queries, keys]`.
+
+    The similarity batch norm is an affine map per (term, head) (see
+    `SimilarityBatchNormalization`), so its scales are folded into q and k before the
+    einsums in training as in inference; the batch statistics come from
+    `_similarity_sums` (Gram matrices, no per-term tensors). The only full-size tensor
+    besides the logits is the masked qk term when a mask restricts the training
+    statistics. The per-head offset (kept in training so that beta stays in the graph)
+    and the masks ride along in the einsums as extra depth channels, (q: offset, r^q: 1),
+    (q: 1, r^q: 0 or the masked logit) and (q: 1, k: 0 or the masked logit): a separate
+    add or select on the full logits, and its gradient's reduction, cost more (under
+    XLA a select cost ~40% of the layer at 65²). Returns the variable dtype.
+
+    Args:
+      q: `[s, blocks, queries, heads, dq]`; k: `[s, blocks, keys, heads, dq]`.
+      r_q, r_k: `[queries, keys, dq]`.
+      valid: None or a 0/1 `[blocks, 1, queries, keys]` mask (statistics).
+      band: None or a 0/1 `[queries, keys]` mask (logits).
+      key_inside: None or a 0/1 `[blocks, keys]` mask (logits).
+      training: as in `call`.
+    """
+    training = _resolve_training(training)
+    dtype = self.variable_dtype
+    if valid is not None:
+      valid = tf.cast(valid, dtype)
+    content_sums = None  # only masked training statistics need the qk term itself
+    offset = None
+    q_content, q_position, k_position = q, q, k
+    if self.use_batch_norm:
+      if valid is not None and training is not False:
+        content_sums = _masked_sums_per_head(
+            tf.cast(tf.einsum("sjihd,sjwhd->sjhiw", q, k, name="content_statistics"),
+                    dtype), valid)
+
+      def sums():
+        return _similarity_sums(*[tf.cast(t, dtype) for t in (q, k, r_q, r_k)], valid,
+                                content_sums)
+
+      scale, offset = self.similarity_batch_norm.scale_and_offset(sums, training)
+      folded = tf.cast(scale, q.dtype)[:, :, None]
+      q_content, q_position, k_position = q * folded[0], q * folded[1], k * folded[2]
+    # s: sequence, j: block, i: query in block, w: key in window, h: head.
+    # Finite in float16 too (-1e9 would overflow there).
+    masked_logit = max(_MASKED_LOGIT, -float(q.dtype.max) / 2)
+    ones = tf.ones_like(q[..., :1])
+    late_offset = None
+    if offset is not None and q.dtype != dtype:
+      late_offset = offset  # float16 einsums would round a large offset coarsely
+    elif offset is not None:
+      q_position = tf.concat([q_position, ones * offset[:, None]], -1)
+      r_q = tf.concat([r_q, tf.ones_like(r_q[..., :1])], -1)
+    if band is not None:
+      q_position = tf.concat([q_position, ones], -1)
+      r_q = tf.concat([r_q, tf.cast((1.0 - band) * masked_logit, r_q.dtype)[..., None]], -1)
+    if key_inside is not None:
+      q_content = tf.concat([q_content, ones], -1)
+      key_mask = tf.cast((1.0 - key_inside) * masked_logit, k.dtype)[None, :, :, None, None]
+      k = tf.concat([k, key_mask + tf.zeros_like(k[..., :1])], -1)
+    content = tf.einsum("sjihd,sjwhd->sjhiw", q_content, k, name="content_logits")
+    with tf.name_scope("query_position_logits"):
+      query_position = _relative_logits(q_position, r_q, by_key=False)
+    with tf.name_scope("key_position_logits"):
+      key_position = _relative_logits(k_position, r_k, by_key=True)
+    logits = _sum_in_dtype([content, query_position, key_position], dtype)
+    return logits if late_offset is None else logits + late_offset[:, None, None]
+
 
   def call(self, inputs, training=None):
     if inputs.shape.rank != 4:
@@ -474,51 +678,22 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
     # A Python int when the length is static, so that the path is chosen at trace time.
     length = x.shape[2] if x.shape[2] is not None else shape[2]
     with tf.control_dependencies(self._check_length(length)):
-      qkv = tf.einsum("boxc,cd->boxd", x, self.qkv_kernel)
+      qkv = tf.einsum("boxc,cd->boxd", x, self.qkv_kernel, name="qkv_projection")
     if self.use_batch_norm:
       qkv = self.qkv_batch_norm(qkv, training=training)
     sequences = batch * other
     qkv = tf.reshape(qkv, [sequences, length, self.num_heads, self._head_depth])
     q, k, v = tf.split(qkv, [self.query_depth, self.query_depth, self.value_depth], -1)
 
-    q, k, v, rows, valid = self._plan(q, k, v, length)
+    q, k, v, rows, valid, band, key_inside = self._plan(q, k, v, length)
     relative = tf.gather(tf.cast(self.relative_embeddings, q.dtype), rows)
     r_q, r_k, r_v = tf.split(relative, [self.query_depth, self.query_depth,
                                         self.value_depth], -1)
-    training = _resolve_training(training)
-    # In inference the similarity batch norm is a per-(term, head) scale plus a
-    # per-head offset that the softmax ignores: fold the scales into q and k.
-    fold = self.use_batch_norm and training is False
-    q_content, q_position, k_position = q, q, k
-    if fold:
-      scale = tf.cast(self.similarity_batch_norm.inference_scale(), q.dtype)[:, :, None]
-      q_content, q_position, k_position = q * scale[0], q * scale[1], k * scale[2]
-    # s: sequence, j: block, i: query in block, w: key in window, h: head.
-    content = tf.einsum("sjihd,sjwhd->sjhiw", q_content, k)
-    # Without a similarity BN in the way, the dense plan's band mask (one block, so one
-    # [query, key] mask, like r^q) rides along in the q.r^q einsum as an extra depth
-    # channel (q: 1, r^q: 0 or the masked logit): a separate select or add on the full
-    # logits cost up to ~40% of the layer under XLA (measured at 65²).
-    mask_in_einsum = (valid is not None and valid.shape[0] == 1
-                      and (fold or not self.use_batch_norm))
-    if mask_in_einsum:
-      # Finite in float16 too (-1e9 would overflow to -inf there).
-      masked_logit = max(_MASKED_LOGIT, -float(r_q.dtype.max) / 2)
-      mask_bias = tf.cast((1.0 - valid[0, 0]) * masked_logit, r_q.dtype)
-      q_position = tf.concat([q_position, tf.ones_like(q_position[..., :1])], -1)
-      r_q = tf.concat([r_q, mask_bias[..., None]], -1)
-    query_position = tf.einsum("sjihd,iwd->sjhiw", q_position, r_q)
-    key_position = tf.einsum("sjwhd,iwd->sjhiw", k_position, r_k)
-    terms = [content, query_position, key_position]
-    if self.use_batch_norm and not fold:
-      logits = self.similarity_batch_norm(terms, valid=valid, training=training)
-    else:
-      logits = _sum_in_dtype(terms, self.variable_dtype)
-    if valid is not None and not mask_in_einsum:
-      logits = tf.where(valid > 0, logits, _MASKED_LOGIT)
+    logits = self._similarity_logits(q, k, r_q, r_k, valid, band, key_inside, training)
     weights = tf.cast(tf.nn.softmax(logits, axis=-1), v.dtype)
-    retrieved_content = tf.einsum("sjhiw,sjwhd->sjihd", weights, v)
-    retrieved_position = tf.einsum("sjhiw,iwd->sjihd", weights, r_v)
+    retrieved_content = tf.einsum("sjhiw,sjwhd->sjihd", weights, v, name="retrieve_content")
+    with tf.name_scope("retrieve_position"):
+      retrieved_position = _retrieve_relative(weights, r_v)
 
     # [s, blocks, block, h, dv, 2] -> [b, other, length, filters * 2], term fastest.
     stacked = tf.stack([retrieved_content, retrieved_position], axis=-1)

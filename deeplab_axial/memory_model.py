@@ -1,0 +1,126 @@
+"""Memory model: predicted activation memory of one training step, before running it.
+
+`estimate_training_memory_bytes(model, batch_size, crop_size)` traces the model's
+training step (forward in training mode, a scalar loss over every output, gradients of
+the trainable weights) as a graph at the requested per-replica batch and crop — tracing
+allocates nothing — and replays the graph's ops in their creation order (forward, then
+the backward in reverse), a valid execution order: every op's outputs are allocated when
+it runs and freed after their last consumer has run. The peak of the live bytes is the
+prediction. Ops that only re-label a buffer (reshape, identity, squeeze, ...) allocate
+nothing and keep their input's buffer alive as long as they are used; inputs, constants
+and variable reads (the weights) are not activations and are not counted. The weights, their gradients' optimizer slots and the TF runtime come on top;
+the gradients themselves are counted (they are live at the end of the step).
+
+So users can size a per-replica batch for an accelerator they do not have at hand:
+the prediction depends only on the graph, not on this machine. Measured against this
+CPU's peak-RSS growth during a step in benchmarks/README.md ("Memory model").
+"""
+import tensorflow as tf
+
+# Ops whose i-th output shares the buffer of their i-th (or only) input: no allocation,
+# and that buffer lives until the alias's last consumer too.
+_ALIASING_OPS = frozenset({
+    "Reshape", "Identity", "IdentityN", "Squeeze", "ExpandDims", "StopGradient",
+    "EnsureShape", "Snapshot", "PreventGradient",
+})
+# Ops whose outputs are not activations (inputs, constants, the weights).
+_NOT_ACTIVATIONS = frozenset({"Placeholder", "Const", "VarHandleOp", "ReadVariableOp"})
+
+
+def _is_reserve_space(operation, tensor):
+  # Fused batch norm's opaque reserve outputs (and the zeros the gradient makes for them)
+  # have no static shape and are tiny on CPU.
+  if operation.type == "ZerosLike":
+    source = operation.inputs[0]
+    return _is_reserve_space(source.op, source)
+  return operation.type.startswith("FusedBatchNorm") and tensor.value_index >= 3
+
+
+def _tensor_bytes(tensor):
+  num_elements = tensor.shape.num_elements()
+  if num_elements is None or tensor.dtype in (tf.resource, tf.variant, tf.string):
+    return 0
+  return num_elements * tensor.dtype.size
+
+
+def peak_live_bytes(graph):
+  """Peak bytes of tensors alive at once when `graph`'s ops run in creation order.
+
+  Args:
+    graph: a `tf.Graph` (e.g. a concrete function's graph) with static shapes.
+
+  Returns:
+    (peak bytes, number of op outputs whose size was unknown and counted as 0).
+  """
+  operations = graph.get_operations()
+  buffer_of = {}  # tensor -> the tensor that allocated its buffer
+  for operation in operations:
+    for index, tensor in enumerate(operation.outputs):
+      source = tensor
+      if operation.type in _ALIASING_OPS and operation.inputs:
+        source = buffer_of[operation.inputs[min(index, len(operation.inputs) - 1)].ref()]
+      buffer_of[tensor.ref()] = source
+  last_use = {}
+  for index, operation in enumerate(operations):
+    for tensor in operation.inputs:
+      last_use[buffer_of[tensor.ref()].ref()] = index
+  live, peak, unknown = 0, 0, 0
+  frees = {}
+  for index, operation in enumerate(operations):
+    if operation.type not in _ALIASING_OPS | _NOT_ACTIVATIONS:
+      for tensor in operation.outputs:
+        size = _tensor_bytes(tensor)
+        if tensor.shape.num_elements() is None and not _is_reserve_space(operation, tensor):
+          unknown += 1
+        if size:
+          live += size
+          # Never consumed: the function's result, alive until the end.
+          frees.setdefault(last_use.get(tensor.ref(), len(operations)), []).append(size)
+    peak = max(peak, live)
+    live -= sum(frees.pop(index, []))
+  return peak, unknown
+
+
+def estimate_training_memory_bytes(model, batch_size, crop_size, channels=3,
+                                   dtype=tf.float32):
+  """Predicted activation memory (bytes) of one training step of `model`.
+
+  Args:
+    model: a built `tf_keras` model taking `[batch, height, width, channels]` images
+      (any outputs: the surrogate loss sums every output, so every output branch gets
+      a gradient, as in a real multi-head loss).
+    batch_size: images per replica.
+    crop_size: (height, width) or an int for a square crop.
+    channels: input channels.
+    dtype: input dtype.
+
+  Returns:
+    Python int: peak bytes of the tensors a training step keeps alive at once (forward
+    activations saved for the backward plus the backward's temporaries and the weight
+    gradients), excluding weights, optimizer slots and runtime overhead.
+
+  Raises:
+    ValueError: a bad batch or crop size, or a graph whose tensor sizes stay unknown at
+      this input size (the estimate would silently miss them).
+  """
+  if isinstance(crop_size, int):
+    crop_size = (crop_size, crop_size)
+  sizes = [batch_size, *crop_size, channels]
+  if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
+    raise ValueError(f"estimate_training_memory_bytes needs positive int batch_size, "
+                     f"crop_size and channels, got {batch_size!r}, {crop_size!r}, "
+                     f"{channels!r}")
+
+  @tf.function
+  def training_step(images):
+    with tf.GradientTape() as tape:
+      outputs = tf.nest.flatten(model(images, training=True))
+      loss = tf.add_n([tf.reduce_sum(tf.cast(output, tf.float32)) for output in outputs])
+    return tape.gradient(loss, model.trainable_variables)
+
+  graph = training_step.get_concrete_function(tf.TensorSpec(sizes, dtype)).graph
+  peak, unknown = peak_live_bytes(graph)
+  if unknown:
+    raise ValueError(f"{unknown} tensors of {model.name}'s training graph have no static "
+                     f"size at input {sizes}; the memory estimate needs static shapes")
+  return int(peak)
