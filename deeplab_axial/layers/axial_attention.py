@@ -70,16 +70,13 @@ import math
 import tensorflow as tf
 import tf_keras
 
+from deeplab_axial.layers import validation
+
 _AXES = ("height", "width")
 # Logit given to masked (out-of-band or out-of-axis) pairs; finite so that a fully
 # masked row (a padding query, cropped later) gives no NaN.
 _MASKED_LOGIT = -1e9
 DEFAULT_MAX_GLOBAL_LENGTH = 129
-
-
-def _check_positive_int(name, value):
-  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-    raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
 
 
 def average_pool(inputs, pool_size):
@@ -409,10 +406,10 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
       **kwargs: Base `Layer` arguments (name, dtype, ...).
     """
     super().__init__(**kwargs)
-    _check_positive_int("filters", filters)
-    _check_positive_int("num_heads", num_heads)
-    _check_positive_int("strides", strides)
-    _check_positive_int("max_global_length", max_global_length)
+    validation.check_positive_int("filters", filters)
+    validation.check_positive_int("num_heads", num_heads)
+    validation.check_positive_int("strides", strides)
+    validation.check_positive_int("max_global_length", max_global_length)
     if axis not in _AXES:
       raise ValueError(f"`axis` must be one of {_AXES}, got {axis!r}.")
     if filters % num_heads:
