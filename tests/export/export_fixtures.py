@@ -6,7 +6,10 @@ import sys
 import textwrap
 
 import numpy as np
+import tensorflow as tf
 
+from deeplab_axial.data import pipeline
+from deeplab_axial.data.encoding import Keys
 from deeplab_axial.models import panoptic_deeplab
 from tests import helpers
 
@@ -46,6 +49,24 @@ def scene_images(rng, count, height, width):
       y, x = rng.integers(0, height - 4), rng.integers(0, width - 4)
       image[y:y + rng.integers(4, 12), x:x + rng.integers(4, 14)] = rng.integers(0, 256, 3)
   return images
+
+
+def val_split(pattern, with_panoptic=True):
+  """Original-size images (uint8), their encoded bytes and labels (panoptic maps, or
+  class ids of classification records) of the TFRecords matching `pattern`."""
+  images, encoded, labels = [], [], []
+  for serialized in tf.data.TFRecordDataset(sorted(tf.io.gfile.glob(pattern))):
+    example = pipeline.decode_example(serialized, decode_panoptic=with_panoptic)
+    images.append(example["image"].numpy().astype(np.uint8))
+    labels.append(example["panoptic" if with_panoptic else "label"].numpy())
+    features = tf.io.parse_single_example(
+        serialized, {Keys.IMAGE_ENCODED: tf.io.FixedLenFeature([], tf.string)})
+    encoded.append(features[Keys.IMAGE_ENCODED].numpy())
+  return images, encoded, labels
+
+
+def batches(items, size):
+  return [items[i:i + size] for i in range(0, len(items), size)]
 
 
 _PLAIN_TF_SCRIPT = textwrap.dedent("""
