@@ -101,7 +101,7 @@ def test_exported_semantic_model_miou_on_shapes_val_equals_evaluator(trained_dan
     miou = _mean_iou(labels, semantic, info.num_classes, info.ignore_label)
     assert miou == pytest.approx(evaluated["miou"], abs=1e-9), signature
   # Equality is only telling if the model predicts more than one class.
-  assert len(np.unique(semantic)) >= 2 and evaluated["miou"] > 0.05, evaluated
+  assert len(np.unique(semantic)) >= 3 and evaluated["miou"] > 0, evaluated
 
 
 def _write_imagenet(root, synsets, sizes):
