@@ -7,6 +7,7 @@ import textwrap
 
 import numpy as np
 import tensorflow as tf
+import tf_keras
 
 from deeplab_axial.data import pipeline
 from deeplab_axial.data.encoding import Keys
@@ -38,6 +39,30 @@ def build_tiny_model(num_classes, seed=0):
       variable.assign(rng.normal(0.0, 3.0 / np.sqrt(fan_in), variable.shape))
     elif "bias" in name:
       variable.assign(rng.normal(0.0, 0.5, variable.shape))
+  return model
+
+
+def semantic_model(num_classes=4, seed=0):
+  """A tiny semantic model: per-pixel logits (two convolutions) and a boundary logit, at input resolution."""
+  images = tf_keras.Input((None, None, 3))
+  x = tf_keras.layers.Conv2D(8, 3, padding="same", activation="relu")(images / 64.0)
+  logits = tf_keras.layers.Conv2D(num_classes, 3, padding="same")(x)
+  boundary = tf_keras.layers.Conv2D(1, 1)(x)
+  model = tf_keras.Model(images, {"semantic_logits": logits, "boundary_logits": boundary})
+  rng = np.random.default_rng(seed)
+  for variable in model.variables:
+    variable.assign(rng.normal(0.0, 1.0, variable.shape))
+  return model
+
+
+def classifier(num_classes=7, seed=0):
+  """A tiny classifier: logits = a dense layer on the flattened 8 x 8 crop (position-sensitive)."""
+  images = tf_keras.Input((8, 8, 3))
+  flat = tf_keras.layers.Flatten()(images / 255.0)
+  model = tf_keras.Model(images, tf_keras.layers.Dense(num_classes)(flat))
+  rng = np.random.default_rng(seed)
+  for variable in model.variables:
+    variable.assign(rng.normal(0.0, 1.0, variable.shape))
   return model
 
 

@@ -17,6 +17,7 @@ from PIL import Image
 from deeplab_axial.tasks import classification
 from deeplab_axial.tasks import semantic
 from deeplab_axial.tasks import serving
+from tests.export import export_fixtures
 
 _OPTIONS = serving.ServingOptions(thing_class_ids=(), label_divisor=256, ignore_label=255)
 
@@ -25,19 +26,6 @@ def _png(image):
   buffer = io.BytesIO()
   Image.fromarray(image).save(buffer, format="PNG")
   return buffer.getvalue()
-
-
-def _semantic_model(num_classes=4, seed=0):
-  """Per-pixel logits (two convolutions) and a boundary logit, at input resolution."""
-  images = tf_keras.Input((None, None, 3))
-  x = tf_keras.layers.Conv2D(8, 3, padding="same", activation="relu")(images / 64.0)
-  logits = tf_keras.layers.Conv2D(num_classes, 3, padding="same")(x)
-  boundary = tf_keras.layers.Conv2D(1, 1)(x)
-  model = tf_keras.Model(images, {"semantic_logits": logits, "boundary_logits": boundary})
-  rng = np.random.default_rng(seed)
-  for variable in model.variables:
-    variable.assign(rng.normal(0.0, 1.0, variable.shape))
-  return model
 
 
 def _softmax(x):
@@ -56,7 +44,7 @@ def _padded_reference(model, images, padded_size):
 
 
 def test_semantic_signatures_match_the_padded_model_and_void_outside_images():
-  model = _semantic_model()
+  model = export_fixtures.semantic_model()
   module = semantic.SemanticServingModule(model, _OPTIONS)
   rng = np.random.default_rng(1)
   images = rng.integers(0, 256, (2, 30, 41, 3)).astype(np.uint8)
@@ -104,19 +92,8 @@ def test_semantic_module_names_the_missing_model_output():
     semantic.SemanticServingModule(model, _OPTIONS).signatures()
 
 
-def _classifier(num_classes=7, seed=0):
-  """Logits = a dense layer on the flattened 8 x 8 crop (position-sensitive)."""
-  images = tf_keras.Input((8, 8, 3))
-  flat = tf_keras.layers.Flatten()(images / 255.0)
-  model = tf_keras.Model(images, tf_keras.layers.Dense(num_classes)(flat))
-  rng = np.random.default_rng(seed)
-  for variable in model.variables:
-    variable.assign(rng.normal(0.0, 1.0, variable.shape))
-  return model
-
-
 def test_classification_resizes_shorter_side_and_centre_crops_each_image():
-  model = _classifier()
+  model = export_fixtures.classifier()
   module = classification.ClassificationServingModule(model, _OPTIONS, image_size=8,
                                                       resize_size=10)
   rng = np.random.default_rng(2)
@@ -144,5 +121,5 @@ def test_classification_resizes_shorter_side_and_centre_crops_each_image():
 
 def test_classification_module_rejects_a_crop_larger_than_the_resize():
   with pytest.raises(ValueError, match="image_size=12, resize_size=10"):
-    classification.ClassificationServingModule(_classifier(), _OPTIONS, image_size=12,
+    classification.ClassificationServingModule(export_fixtures.classifier(), _OPTIONS, image_size=12,
                                                 resize_size=10)
