@@ -14,7 +14,12 @@ Signatures (method `tensorflow/serving/predict`):
   map is `[batch, max_height, max_width]`; pixels outside image `i`'s own
   `image_height[i] × image_width[i]` hold the void values below.
 
-Outputs (both signatures), with H, W = the (largest) input height and width:
+The outputs are the task's (`Task.serving_module`; docs/serving.md has the table):
+semantic models return `semantic`, `semantic_probs` (and Gated-SCNN `boundary`) with the
+padding and void rules below (`tasks.semantic.SemanticServingModule`); classifiers
+return `classes`, `probabilities`, `top_5` after the in-graph evaluation resize + centre
+crop (`tasks.classification.ClassificationServingModule`). Panoptic-DeepLab outputs
+(both signatures), with H, W = the (largest) input height and width:
 
 * `panoptic` int32 `[batch, H, W]`: `semantic * label_divisor + instance`; void (and the
   outside of a smaller image in a bytes batch) is `ignore_label * label_divisor`.
