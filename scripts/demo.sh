@@ -25,5 +25,5 @@ CONFIG=configs/shapes/axial_deeplab_demo.textproto
   --model_dir="$OUT/model" "$@"
 "$VENV/bin/python" trainer/export.py --config_file="$CONFIG" --checkpoint="$OUT/model" \
   --output_dir="$OUT/export" --overwrite
-echo "Metrics: $OUT/model/eval_metrics.json"
-cat "$OUT/model/eval_metrics.json"
+echo "All metrics: $OUT/model/eval_metrics.json; SavedModel: $OUT/export/"
+"$VENV/bin/python" trainer/show_metrics.py --model_dir="$OUT/model"
