@@ -1,23 +1,34 @@
-"""Panoptic prediction on image files: official-format PNGs, overlays and a segments JSON.
+"""Prediction on image files, for every task: PNGs, overlays, JSON.
 
-A *predictor* maps a uint8 batch `[batch, height, width, 3]` to a dict of NumPy outputs
-(`panoptic`, `semantic`, `instance`, `instance_panoptic_ids`, `instance_scores`,
-optionally `semantic_probs`), as the exported `serving_default` signature does:
+A *predictor* maps a uint8 batch `[batch, height, width, 3]` to a dict of NumPy outputs,
+as the exported `serving_default` signature does, and names its task (`predictor.task`,
+a `model.meta_architecture`):
 
 * `SavedModelPredictor(export_dir)` runs an exported SavedModel (base dir or version dir);
-* `KerasPredictor(model, serving_options)` runs the same serving graph in-process.
+* `KerasPredictor(model, serving_options, task)` runs the same serving graph in-process.
 
 `predict_images(predictor, inputs, output_dir, ...)` writes, for each image `<stem>`:
 
-* `panoptic/<stem>.png` (+ `panoptic.json`) in the dataset's official format:
-  `output_format="coco"` (COCO panoptic results), `"cityscapes"` (`<id>_panoptic.png`),
-  or `"generic"`: an RGB PNG of our own ids `semantic * label_divisor + instance` encoded
-  as `R + 256 G + 256² B` (void = `ignore_label * label_divisor`);
-* `overlays/<stem>.png`: the panoptic colouring blended over the image, white boundaries
-  between segments;
-* one `segments.json`: per image, each segment's `id` (our panoptic id), `category_id`
-  (train id), `category` (name), `isthing`, `area`, `bbox` `[x, y, width, height]` and
-  `score` (instance score for things; mean class probability for stuff when available).
+* panoptic (`panoptic_deeplab`):
+  * `panoptic/<stem>.png` (+ `panoptic.json`) in the dataset's official format:
+    `output_format="coco"` (COCO panoptic results), `"cityscapes"` (`<id>_panoptic.png`),
+    or `"generic"`: an RGB PNG of our own ids `semantic * label_divisor + instance`
+    encoded as `R + 256 G + 256² B` (void = `ignore_label * label_divisor`);
+  * `overlays/<stem>.png`: the panoptic colouring blended over the image, white
+    boundaries between segments;
+  * one `segments.json`: per image, each segment's `id` (our panoptic id), `category_id`
+    (train id), `category` (name), `isthing`, `area`, `bbox` `[x, y, width, height]` and
+    `score` (instance score for things; mean class probability for stuff when available);
+* semantic (`semantic`):
+  * `semantic/<stem>.png`: the class ids (8-bit grey, 16-bit above 255 classes; void =
+    `ignore_label`);
+  * `colored/<stem>.png`: the classes in the dataset palette
+    (`visualization.dataset_colormap`), `overlays/<stem>.png`: blended over the image with
+    white class boundaries;
+  * `boundary/<stem>.png` (Gated-SCNN): boundary probability × 255, 8-bit grey;
+* classification (`classification`): one `predictions.jsonl`, a line per image
+  `{"image": path, "classes": [top-5 ids], "probabilities": [their probabilities],
+  "class_names": [their names]}` (names when the dataset is known).
 """
 import glob
 import json
@@ -35,6 +46,7 @@ from deeplab_axial.export import saved_model
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 OUTPUT_FORMATS = ("generic", "coco", "cityscapes")
+PANOPTIC, SEMANTIC, CLASSIFICATION = "panoptic_deeplab", "semantic", "classification"
 
 
 class SavedModelPredictor:
@@ -58,6 +70,8 @@ class SavedModelPredictor:
     if fields.get("static_size"):
       fields["static_size"] = tuple(fields["static_size"])
     self.options = saved_model.ServingOptions(**fields)
+    # Exports written before the metadata recorded the task were all panoptic.
+    self.task = self.metadata.get("task", PANOPTIC)
     self._signature = tf.saved_model.load(self.export_dir).signatures[
         saved_model.DEFAULT_SIGNATURE]
 
@@ -83,13 +97,17 @@ class KerasPredictor:
   """Runs the serving graph of `model` in-process (e.g. a model restored from a checkpoint).
 
   Args:
-    model: a Panoptic-DeepLab `tf_keras.Model`.
+    model: the task's `tf_keras.Model`.
     options: a `deeplab_axial.export.ServingOptions`.
+    task: the `deeplab_axial.tasks.Task` of the model (its `serving_module` is run);
+      None = a Panoptic-DeepLab model.
   """
 
-  def __init__(self, model, options):
+  def __init__(self, model, options, task=None):
     self.options = options
-    self._module = saved_model.PanopticServingModule(model, options)
+    self._module = (task.serving_module(model, options) if task is not None
+                    else saved_model.PanopticServingModule(model, options))
+    self.task = self._module.TASK
 
   def dataset_info(self):
     return None
@@ -219,6 +237,26 @@ def segments_info(panoptic, options, instance_panoptic_ids=None, instance_scores
   return records
 
 
+def _batches(paths, batch_size, skip_unreadable, skipped):
+  """Yields (paths, uint8 batch) groups of consecutive readable images of one size."""
+  group, group_images = [], []
+  for path in paths:
+    try:
+      image = read_image(path)
+    except (ValueError, FileNotFoundError):
+      if not skip_unreadable:
+        raise
+      skipped.append(path)
+      continue
+    if group and (len(group) == batch_size or image.shape != group_images[0].shape):
+      yield group, np.stack(group_images)
+      group, group_images = [], []
+    group.append(path)
+    group_images.append(image)
+  if group:
+    yield group, np.stack(group_images)
+
+
 class _PanopticOutput:
   """Writes panoptic PNGs in one of OUTPUT_FORMATS under `<output_dir>/panoptic`."""
 
@@ -254,39 +292,127 @@ class _PanopticOutput:
       self.writer.close()
 
 
-def _overlay_colormap(dataset_info):
-  if dataset_info is None:
-    return None
-  colormap = visualization.create_colormap(256)
-  colormap[:dataset_info.num_classes] = dataset_info.colormap
-  colormap[dataset_info.ignore_label] = 0
-  return colormap
+def _colormap(dataset_info):
+  return None if dataset_info is None else visualization.dataset_colormap(dataset_info)
 
 
-def _batches(paths, batch_size, skip_unreadable, skipped):
-  """Yields (paths, uint8 batch) groups of consecutive readable images of one size."""
-  group, group_images = [], []
-  for path in paths:
-    try:
-      image = read_image(path)
-    except (ValueError, FileNotFoundError):
-      if not skip_unreadable:
-        raise
-      skipped.append(path)
-      continue
-    if group and (len(group) == batch_size or image.shape != group_images[0].shape):
-      yield group, np.stack(group_images)
-      group, group_images = [], []
-    group.append(path)
-    group_images.append(image)
-  if group:
-    yield group, np.stack(group_images)
+class _PanopticWriter:
+  """Panoptic PNGs, overlays and segments.json (see the module docstring)."""
+
+  def __init__(self, output_dir, options, dataset_info, output_format, overlay_alpha):
+    self.output_dir = output_dir
+    self.options = options
+    self.overlay_alpha = overlay_alpha
+    os.makedirs(os.path.join(output_dir, "overlays"), exist_ok=True)
+    self.panoptic_output = _PanopticOutput(output_dir, output_format, options,
+                                           dataset_info)
+    self.colormap = _colormap(dataset_info)
+    self.class_names = list(dataset_info.class_names) if dataset_info else None
+    self.records = []
+
+  def write(self, path, image, outputs):
+    panoptic, stem = outputs["panoptic"], _stem(path)
+    self.panoptic_output.write(stem, panoptic)
+    colored = visualization.colorize_panoptic(panoptic, self.options.label_divisor,
+                                              self.colormap)
+    boundaries = visualization.instance_boundaries(panoptic)
+    Image.fromarray(visualization.overlay(image, colored, self.overlay_alpha,
+                                          boundaries)).save(
+                                              os.path.join(self.output_dir, "overlays",
+                                                           stem + ".png"))
+    self.records.append({
+        "file_name": path, "height": int(panoptic.shape[0]),
+        "width": int(panoptic.shape[1]),
+        "segments_info": segments_info(
+            panoptic, self.options, outputs["instance_panoptic_ids"],
+            outputs["instance_scores"], outputs.get("semantic_probs"), self.class_names)})
+
+  def close(self, skipped):
+    self.panoptic_output.close()
+    segments_file = os.path.join(self.output_dir, "segments.json")
+    with open(segments_file, "w", encoding="utf-8") as f:
+      json.dump({"label_divisor": self.options.label_divisor,
+                 "ignore_label": self.options.ignore_label, "images": self.records,
+                 "skipped": skipped}, f, indent=1)
+    return {"segments_file": segments_file}
+
+
+class _SemanticWriter:
+  """Class-id PNGs, palette PNGs, overlays (and boundary PNGs); see the module doc."""
+
+  FOLDERS = ("semantic", "colored", "overlays", "boundary")
+
+  def __init__(self, output_dir, dataset_info, overlay_alpha):
+    self.output_dir = output_dir
+    self.overlay_alpha = overlay_alpha
+    self.colormap = _colormap(dataset_info)
+    for folder in self.FOLDERS:
+      os.makedirs(os.path.join(output_dir, folder), exist_ok=True)
+
+  def _path(self, folder, path):
+    return os.path.join(self.output_dir, folder, _stem(path) + ".png")
+
+  def write(self, path, image, outputs):
+    semantic = outputs["semantic"]
+    # 8-bit PNGs hold ids up to 255 (void is usually 255); larger ids need 16 bits.
+    ids = semantic.astype(np.uint8 if semantic.max() <= 255 else np.uint16)
+    Image.fromarray(ids).save(self._path("semantic", path))
+    colored = visualization.colorize_semantic(semantic, self.colormap)
+    Image.fromarray(colored).save(self._path("colored", path))
+    Image.fromarray(visualization.overlay(
+        image, colored, self.overlay_alpha,
+        visualization.instance_boundaries(semantic))).save(self._path("overlays", path))
+    if "boundary" in outputs:
+      Image.fromarray(np.round(outputs["boundary"] * 255).astype(np.uint8)).save(
+          self._path("boundary", path))
+
+  def close(self, skipped):
+    del skipped
+    return {}
+
+
+class _ClassificationWriter:
+  """One JSON line per image in predictions.jsonl (see the module docstring)."""
+
+  def __init__(self, output_dir, dataset_info):
+    os.makedirs(output_dir, exist_ok=True)
+    self.path = os.path.join(output_dir, "predictions.jsonl")
+    self.class_names = list(dataset_info.class_names) if dataset_info else None
+    self.file = open(self.path, "w", encoding="utf-8")  # pylint: disable=consider-using-with
+
+  def write(self, path, image, outputs):
+    del image
+    classes = [int(c) for c in outputs["top_5"]]
+    record = {"image": path, "classes": classes,
+              "probabilities": [float(outputs["probabilities"][c]) for c in classes]}
+    if self.class_names:
+      record["class_names"] = [self.class_names[c] for c in classes]
+    self.file.write(json.dumps(record) + "\n")
+
+  def close(self, skipped):
+    del skipped
+    self.file.close()
+    return {"predictions_file": self.path}
+
+
+def _writer(task, output_dir, options, dataset_info, output_format, overlay_alpha):
+  if task not in (PANOPTIC, SEMANTIC, CLASSIFICATION):
+    raise ValueError(f"cannot write predictions of task {task!r}; expected one of "
+                     f"{[PANOPTIC, SEMANTIC, CLASSIFICATION]}")
+  if task == PANOPTIC:
+    return _PanopticWriter(output_dir, options, dataset_info, output_format, overlay_alpha)
+  if output_format != "generic":
+    raise ValueError(f"output_format={output_format!r} is for panoptic models; a {task} "
+                     f"model writes the generic outputs only")
+  if task == SEMANTIC:
+    return _SemanticWriter(output_dir, dataset_info, overlay_alpha)
+  return _ClassificationWriter(output_dir, dataset_info)
 
 
 def predict_images(predictor, inputs, output_dir, *, dataset_info=None,
                    output_format="generic", batch_size=1, overlay_alpha=0.5,
                    skip_unreadable=False, progress=True):
-  """Predicts every image of `inputs` and writes PNGs, overlays and `segments.json`.
+  """Predicts every image of `inputs` and writes the task's files (module docstring).
 
   Args:
     predictor: `SavedModelPredictor` or `KerasPredictor` (see the module docstring).
@@ -294,14 +420,15 @@ def predict_images(predictor, inputs, output_dir, *, dataset_info=None,
     output_dir: output folder (created).
     dataset_info: `DatasetInfo` for class names, colours and official category ids;
       default: the one recorded in the SavedModel, if any.
-    output_format: "generic", "coco" or "cityscapes".
+    output_format: "generic", "coco" or "cityscapes" (the latter two: panoptic only).
     batch_size: images per predictor call (consecutive images of one size are batched).
     overlay_alpha: weight of the colouring in the overlays.
     skip_unreadable: skip (and list) unreadable images instead of raising.
     progress: print a progress bar to stderr.
 
   Returns:
-    Dict `num_images` (written), `skipped` (paths), `segments_file`.
+    Dict `num_images` (written), `skipped` (paths) and the task's summary file:
+    `segments_file` (panoptic) or `predictions_file` (classification).
 
   Raises:
     ValueError: for an unreadable image (naming the file) unless `skip_unreadable`, or
@@ -317,43 +444,20 @@ def predict_images(predictor, inputs, output_dir, *, dataset_info=None,
                        f"{_stem(path)!r}; predict them into different output folders")
     stems[_stem(path)] = path
   dataset_info = dataset_info or predictor.dataset_info()
-  options = predictor.options
-  os.makedirs(os.path.join(output_dir, "overlays"), exist_ok=True)
-  panoptic_output = _PanopticOutput(output_dir, output_format, options, dataset_info)
-  colormap = _overlay_colormap(dataset_info)
-  class_names = list(dataset_info.class_names) if dataset_info else None
+  writer = _writer(predictor.task, output_dir, predictor.options, dataset_info,
+                   output_format, overlay_alpha)
   bar = _Progress(len(paths), enabled=progress)
-  records, skipped = [], []
+  written, skipped = 0, []
   for group, images in _batches(paths, batch_size, skip_unreadable, skipped):
     outputs = predictor(images)
     for i, path in enumerate(group):
-      panoptic = outputs["panoptic"][i]
-      stem = _stem(path)
-      panoptic_output.write(stem, panoptic)
-      colored = visualization.colorize_panoptic(panoptic, options.label_divisor, colormap)
-      boundaries = visualization.instance_boundaries(panoptic)
-      Image.fromarray(visualization.overlay(images[i], colored, overlay_alpha,
-                                            boundaries)).save(
-                                                os.path.join(output_dir, "overlays",
-                                                             stem + ".png"))
-      probs = outputs.get("semantic_probs")
-      records.append({
-          "file_name": path, "height": int(panoptic.shape[0]),
-          "width": int(panoptic.shape[1]),
-          "segments_info": segments_info(
-              panoptic, options, outputs["instance_panoptic_ids"][i],
-              outputs["instance_scores"][i], None if probs is None else probs[i],
-              class_names)})
+      writer.write(path, images[i], {key: value[i] for key, value in outputs.items()})
+    written += len(group)
     bar.update(len(group))
   if skipped:
     bar.update(len(skipped))
-  panoptic_output.close()
-  segments_file = os.path.join(output_dir, "segments.json")
-  with open(segments_file, "w", encoding="utf-8") as f:
-    json.dump({"label_divisor": options.label_divisor, "ignore_label": options.ignore_label,
-               "images": records, "skipped": skipped}, f, indent=1)
-  return {"num_images": len(records), "skipped": skipped, "segments_file": segments_file}
+  return {"num_images": written, "skipped": skipped, **writer.close(skipped)}
 
 
-__all__ = ["KerasPredictor", "OUTPUT_FORMATS", "SavedModelPredictor", "collect_images",
+__all__ = ["CLASSIFICATION", "KerasPredictor", "OUTPUT_FORMATS", "PANOPTIC", "SEMANTIC", "SavedModelPredictor", "collect_images",
            "predict_images", "read_image", "segments_info"]

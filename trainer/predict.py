@@ -1,4 +1,5 @@
-r"""Panoptic prediction on images: official-format PNGs, overlays, segments JSON.
+r"""Prediction on images for every task: panoptic PNGs (official formats), overlays and
+segments JSON; semantic class-id and palette PNGs; classification JSON lines.
 
 From an exported SavedModel (base or version directory):
 
@@ -10,8 +11,11 @@ or from a checkpoint with its config:
   python trainer/predict.py --config_file=configs/shapes/axial_deeplab_demo.textproto \
       --checkpoint=/tmp/demo --input='photos/*.jpg' --output_dir=/tmp/predictions
 
-Writes panoptic/<name>.png (+ panoptic.json for coco/cityscapes), overlays/<name>.png and
-segments.json under --output_dir (see deeplab_axial/predict.py).
+Writes under --output_dir (see deeplab_axial/predict.py): panoptic models
+panoptic/<name>.png (+ panoptic.json for coco/cityscapes), overlays/<name>.png and
+segments.json; semantic models semantic/<name>.png (class ids), colored/<name>.png,
+overlays/<name>.png (and boundary/<name>.png for Gated-SCNN); classifiers
+predictions.jsonl (top-5 classes and probabilities per image).
 """
 import sys
 
@@ -30,7 +34,7 @@ flags.DEFINE_string("output_dir", None, "Output folder.")
 flags.DEFINE_string("dataset", None, "Dataset descriptor name (class names, colours, "
                     "official ids); default: the export's or the config's.")
 flags.DEFINE_enum("output_format", "generic", ["generic", "coco", "cityscapes"],
-                  "Panoptic PNG format.")
+                  "Panoptic PNG format (panoptic models only).")
 flags.DEFINE_integer("batch_size", 1, "Images per model call (equal-size neighbours).")
 flags.DEFINE_float("overlay_alpha", 0.5, "Colour weight of the overlays.")
 flags.DEFINE_bool("skip_unreadable", False, "Skip unreadable images instead of failing.")
@@ -60,7 +64,8 @@ def _predictor(flag_values):
   cli.say(f"building the model and restoring {flag_values.checkpoint}...")
   restored = from_config.restore_from_config(config, flag_values.checkpoint,
                                              dataset_info=info)
-  return predict.KerasPredictor(restored.model, restored.serving_options), info
+  return predict.KerasPredictor(restored.model, restored.serving_options,
+                                restored.task), info
 
 
 def main(argv):

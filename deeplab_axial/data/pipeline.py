@@ -489,6 +489,29 @@ def _padded_batch(dataset, batch_size, pad_value, ignore_value, ignore_label):
                               drop_remainder=False)
 
 
+def resize_and_center_crop(image, image_size: int, resize_size: int):
+  """The classification evaluation preprocessing of one image (also in the SavedModel).
+
+  Resizes (bilinear) so that the shorter side is `resize_size`, then takes the central
+  `image_size x image_size` crop.
+
+  Args:
+    image: `[height, width, 3]` pixels in [0, 255] (any real or integer dtype).
+    image_size: side of the square crop.
+    resize_size: shorter side after resizing (>= image_size).
+
+  Returns:
+    float32 `[image_size, image_size, 3]`.
+  """
+  image = tf.cast(image, tf.float32)
+  shape = tf.cast(tf.shape(image)[:2], tf.float32)
+  scale = resize_size / tf.reduce_min(shape)
+  size = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), resize_size)
+  image = tf.image.resize(image, size, method="bilinear")
+  offset = (size - image_size) // 2
+  return tf.slice(image, tf.concat([offset, [0]], 0), [image_size, image_size, 3])
+
+
 def build_classification_dataset(file_pattern, *, is_training: bool, batch_size: int,
                                  image_size: int = 224, resize_size: int = 256,
                                  area_range: Tuple[float, float] = (0.08, 1.0),
@@ -573,14 +596,8 @@ def build_classification_dataset(file_pattern, *, is_training: bool, batch_size:
         augment, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
   else:
     def center_crop(example):
-      image = tf.cast(example["image"], tf.float32)
-      shape = tf.cast(tf.shape(image)[:2], tf.float32)
-      scale = resize_size / tf.reduce_min(shape)
-      size = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), resize_size)
-      image = tf.image.resize(image, size, method="bilinear")
-      offset = (size - image_size) // 2
-      image = tf.slice(image, tf.concat([offset, [0]], 0), [image_size, image_size, 3])
-      return finish(image, example["label"])
+      return finish(resize_and_center_crop(example["image"], image_size, resize_size),
+                    example["label"])
 
     dataset = dataset.map(center_crop, num_parallel_calls=AUTOTUNE, deterministic=True)
   dataset = dataset.batch(per_replica_batch, drop_remainder=is_training)
@@ -592,5 +609,5 @@ __all__ = ["DEFAULT_TARGET_OPTIONS", "PhotometricOptions", "build_classification
            "build_panoptic_dataset", "decode_example", "decode_panoptic_png",
            "long_side_scale", "panoptic_options_from_config", "predictions_to_label_frame",
            "random_flip",
-           "random_pad_and_crop", "random_scale_factor", "resize_image_and_label",
-           "resize_predictions_to_original", "scaled_size"]
+           "random_pad_and_crop", "random_scale_factor", "resize_and_center_crop",
+           "resize_image_and_label", "resize_predictions_to_original", "scaled_size"]

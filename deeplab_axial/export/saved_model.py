@@ -14,7 +14,12 @@ Signatures (method `tensorflow/serving/predict`):
   map is `[batch, max_height, max_width]`; pixels outside image `i`'s own
   `image_height[i] × image_width[i]` hold the void values below.
 
-Outputs (both signatures), with H, W = the (largest) input height and width:
+The outputs are the task's (`Task.serving_module`; docs/serving.md has the table):
+semantic models return `semantic`, `semantic_probs` (and Gated-SCNN `boundary`) with the
+padding and void rules below (`tasks.semantic.SemanticServingModule`); classifiers
+return `classes`, `probabilities`, `top_5` after the in-graph evaluation resize + centre
+crop (`tasks.classification.ClassificationServingModule`). Panoptic-DeepLab outputs
+(both signatures), with H, W = the (largest) input height and width:
 
 * `panoptic` int32 `[batch, H, W]`: `semantic * label_divisor + instance`; void (and the
   outside of a smaller image in a bytes batch) is `ignore_label * label_divisor`.
@@ -102,7 +107,7 @@ def export_saved_model(model, output_dir, *, version=None, overwrite=False,
   """Exports `model` with in-graph post-processing to `<output_dir>/<version>/`.
 
   Args:
-    model: a Panoptic-DeepLab `tf_keras.Model` (see `PanopticServingModule`).
+    model: the task's `tf_keras.Model` (a Panoptic-DeepLab one without `task`).
     output_dir: the TF Serving model base path.
     version: positive int; None = 1 + the largest existing numeric version.
     overwrite: replace an existing `<output_dir>/<version>` (otherwise an error).
@@ -112,7 +117,8 @@ def export_saved_model(model, output_dir, *, version=None, overwrite=False,
     metadata: optional JSON-able dict merged into the metadata JSON (e.g. the config).
     serving: a ready `ServingOptions` (then pass no `**options`).
     task: the `deeplab_axial.tasks.Task` whose `serving_module` is exported (default:
-      the panoptic serving module).
+      the panoptic serving module). The metadata JSON records its `task`
+      (`model.meta_architecture`).
     **options: `serving_options` / `ServingOptions` fields: thing_class_ids,
       label_divisor, ignore_label, center_threshold, nms_kernel, top_k, stuff_area,
       thing_area, size_multiple, size_offset, static_size, pad_value,
@@ -147,7 +153,7 @@ def export_saved_model(model, output_dir, *, version=None, overwrite=False,
     tf.saved_model.save(module, temp_dir, signatures=module.signatures())
     tf.io.gfile.makedirs(os.path.join(temp_dir, os.path.dirname(METADATA_FILE)))
     with tf.io.gfile.GFile(os.path.join(temp_dir, METADATA_FILE), "w") as f:
-      json.dump(_metadata(serving, dataset_info, metadata, model), f, indent=1)
+      json.dump(_metadata(serving, dataset_info, metadata, model, module.TASK), f, indent=1)
     if tf.io.gfile.exists(final_dir):
       _replace_dir(temp_dir, final_dir)
     else:
@@ -165,13 +171,13 @@ def _replace_dir(new_dir, final_dir):
   shutil.rmtree(old_dir, ignore_errors=True)
 
 
-def _metadata(options, dataset_info, extra, model):
-  metadata = {"format": "deeplab_axial_export/1", "model_name": model.name,
+def _metadata(options, dataset_info, extra, model, task):
+  metadata = {"format": "deeplab_axial_export/1", "model_name": model.name, "task": task,
               "signatures": [DEFAULT_SIGNATURE, BYTES_SIGNATURE],
               "serving_options": options.to_json()}
-  num_classes = model.output_shape["semantic_logits"][-1] if isinstance(
-      model.output_shape, dict) else None
-  metadata["num_classes"] = num_classes
+  shape = model.output_shape
+  metadata["num_classes"] = (shape["semantic_logits"] if isinstance(shape, dict)
+                             else shape)[-1]
   if dataset_info is not None:
     metadata["dataset"] = dataset_info.to_json()
   metadata.update(extra or {})

@@ -123,12 +123,9 @@ class Task(abc.ABC):
                      f"model.meta_architecture {self.config.model.meta_architecture!r}")
 
   # Serving -------------------------------------------------------------------------
+  @abc.abstractmethod
   def serving_module(self, model, serving_options) -> tf.Module:
-    """A `tf.Module` whose `signatures()` are the exported serving signatures."""
-    del model, serving_options
-    raise NotImplementedError(
-        f"export of model.meta_architecture {self.config.model.meta_architecture!r} is "
-        f"not implemented yet; only panoptic_deeplab models can be exported")
+    """A `tasks.serving.ServingModule` whose `signatures()` are the exported signatures."""
 
 
 def valid_mask(batch, rank):

@@ -171,17 +171,14 @@ class PanopticServingModule(serving.ServingModule):
     options: a `ServingOptions`.
   """
 
+  TASK = "panoptic_deeplab"
+
   def __init__(self, model, options, name="panoptic_serving"):
     super().__init__(model, options, name=name)
 
   def _infer(self, images):
     """Model, softmax and post-processing on `[b, h, w, 3]`; maps are `[b, h, w]`."""
-    predictions = self._model_fn(images)
-    if not isinstance(predictions, dict) or any(
-        key not in predictions for key in REQUIRED_MODEL_OUTPUTS):
-      keys = sorted(predictions) if isinstance(predictions, dict) else type(predictions)
-      raise ValueError(f"the model must return a dict with {list(REQUIRED_MODEL_OUTPUTS)} "
-                       f"(a Panoptic-DeepLab model), got {keys}")
+    predictions = self._model_outputs(images, REQUIRED_MODEL_OUTPUTS)
     probs = tf.nn.softmax(tf.cast(predictions["semantic_logits"], tf.float32), axis=-1)
     heatmap = tf.cast(predictions["center_heatmap"], tf.float32)
     offset = tf.cast(predictions["center_offset"], tf.float32)

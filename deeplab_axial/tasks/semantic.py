@@ -6,7 +6,7 @@ Targets: `ops.semantic_labels` of the panoptic labels (void, and crowd with
 (bootstrapped when loss.semantic_top_k < 1, label-smoothed by loss.label_smoothing) + each
 head's auxiliary terms (DANet branch logits, Gated-SCNN boundary BCE + dual-task
 regularizer); SegViT uses its ATM loss. Evaluation: TTA (`tasks.tta`) then streaming mIoU
-(and the boundary F-score for Gated-SCNN).
+(and the boundary F-score for Gated-SCNN). Serving: `SemanticServingModule`.
 """
 import numpy as np
 import tensorflow as tf
@@ -19,6 +19,7 @@ from deeplab_axial.ops import boundaries
 from deeplab_axial.ops import panoptic_targets
 from deeplab_axial.tasks import base
 from deeplab_axial.tasks import segmentation
+from deeplab_axial.tasks import serving
 from deeplab_axial.tasks import tta
 
 # Gated-SCNN reports the boundary F-score at 3 px (and wider tolerances) on Cityscapes.
@@ -88,6 +89,9 @@ class SemanticTask(segmentation.SegmentationTask):
         boundary_tolerance_px=(BOUNDARY_TOLERANCE_PX if self.head_type == "gated_scnn"
                                else None))
 
+  def serving_module(self, model, serving_options):
+    return SemanticServingModule(model, serving_options)
+
 
 class SemanticEvaluator(base.TaskEvaluator):
   """Streaming mIoU (and boundary F-score) of a semantic model over panoptic records.
@@ -154,4 +158,40 @@ class SemanticEvaluator(base.TaskEvaluator):
     return results
 
 
-__all__ = ["BOUNDARY_TOLERANCE_PX", "SemanticEvaluator", "SemanticTask", "semantic_targets"]
+class SemanticServingModule(serving.ServingModule):
+  """The serving signatures of a semantic model (see `export.saved_model`).
+
+  Outputs (maps `[b, h, w]`, void outside each image): `semantic` int32 argmax class
+  (`ignore_label` outside), `semantic_probs` float32 `[b, h, w, classes]` softmax (0
+  outside; omitted with `include_semantic_probs=False`) and, for a model with
+  `boundary_logits` (Gated-SCNN), `boundary` float32 sigmoid probabilities (0 outside).
+  The class is the argmax of the softmax, computed as `SemanticEvaluator.predict` does.
+
+  Args:
+    model: a `tf_keras.Model` on float32 images `[b, h, w, 3]` in [0, 255] returning a
+      dict with `semantic_logits` at input resolution (any `build_semantic_model`).
+    options: a `ServingOptions` (only the label space and serving fields are used).
+  """
+
+  TASK = "semantic"
+
+  def __init__(self, model, options, name="semantic_serving"):
+    super().__init__(model, options, name=name)
+
+  def _infer(self, images):
+    predictions = self._model_outputs(images, tta.SEMANTIC_KEYS)
+    probs = tf.nn.softmax(tf.cast(predictions["semantic_logits"], tf.float32), axis=-1)
+    outputs = {"semantic": tf.argmax(probs, axis=-1, output_type=tf.int32)}
+    if self._options.include_semantic_probs:
+      outputs["semantic_probs"] = probs
+    if "boundary_logits" in predictions:
+      outputs["boundary"] = tf.sigmoid(
+          tf.cast(predictions["boundary_logits"], tf.float32))[..., 0]
+    return outputs
+
+  def _void_values(self):
+    return {"semantic": self._options.ignore_label, "semantic_probs": 0.0, "boundary": 0.0}
+
+
+__all__ = ["BOUNDARY_TOLERANCE_PX", "SemanticEvaluator", "SemanticServingModule",
+           "SemanticTask", "semantic_targets"]

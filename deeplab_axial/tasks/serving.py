@@ -3,9 +3,11 @@
 `ServingModule` holds what all exported models share — the `serving_default` (uint8
 images) and `serve_image_bytes` (encoded images) signatures, padding to the size rule or
 fitting to a static size, and cropping/masking the outputs back to each image (see
-`deeplab_axial.export.saved_model` for the full contract). A task's serving module
-(`deeplab_axial.tasks.panoptic.PanopticServingModule`) subclasses it with `_infer`
-and `_void_values`; `Task.serving_module(model, options)` returns it.
+`deeplab_axial.export.saved_model` for the full contract). Each task's serving module
+subclasses it with `_infer` and `_void_values` (`tasks.panoptic.PanopticServingModule`,
+`tasks.semantic.SemanticServingModule`) or, when the model does not run on the padded
+images, `_run` too (`tasks.classification.ClassificationServingModule`: resize + centre
+crop); `Task.serving_module(model, options)` returns it.
 """
 import dataclasses
 from typing import Optional, Tuple
@@ -110,6 +112,9 @@ class ServingModule(tf.Module):
     options: a `ServingOptions`.
   """
 
+  # `model.meta_architecture` of the task served (recorded in the export metadata).
+  TASK = None
+
   def __init__(self, model, options: ServingOptions, name="serving"):
     super().__init__(name=name)
     # Only the variables are tracked, not the Keras model object: saving the model itself
@@ -190,20 +195,34 @@ class ServingModule(tf.Module):
 
   def _serve(self, images, sizes):
     """Shared path. images: float32 `[b, H, W, 3]` padded with pad_value; sizes `[b, 2]`."""
+    outputs = self._run(images, sizes)
+    outputs["image_height"] = sizes[:, 0]
+    outputs["image_width"] = sizes[:, 1]
+    return outputs
+
+  def _run(self, images, sizes):
+    """`_infer` on the batch padded to the size rule (or fitted to static_size), its maps
+    brought back to `[b, H, W, ...]` with void outside each image."""
     options = self._options
     batch_size = tf.shape(images)[1:3]
     if options.static_size is None:
       target = padded_length(batch_size, options.size_multiple, options.size_offset)
       model_input = self._pad(images, target)
       outputs = self._infer_fn(model_input)
-      outputs = self._crop_and_mask(outputs, sizes, batch_size)
-    else:
-      model_input, fitted_sizes = self._fit_static(images, sizes)
-      outputs = self._infer_fn(model_input)
-      outputs = self._unfit_static(outputs, fitted_sizes, sizes, batch_size)
-    outputs["image_height"] = sizes[:, 0]
-    outputs["image_width"] = sizes[:, 1]
-    return outputs
+      return self._crop_and_mask(outputs, sizes, batch_size)
+    model_input, fitted_sizes = self._fit_static(images, sizes)
+    outputs = self._infer_fn(model_input)
+    return self._unfit_static(outputs, fitted_sizes, sizes, batch_size)
+
+  def _model_outputs(self, images, required_keys):
+    """The model's output dict on `images`, checked to hold `required_keys`."""
+    predictions = self._model_fn(images)
+    if not isinstance(predictions, dict) or any(
+        key not in predictions for key in required_keys):
+      keys = sorted(predictions) if isinstance(predictions, dict) else type(predictions)
+      raise ValueError(f"the model must return a dict with {list(required_keys)} (a "
+                       f"{self.TASK} model), got {keys}")
+    return predictions
 
   def _pad(self, images, size):
     paddings = [[0, 0], [0, size[0] - tf.shape(images)[1]],
@@ -279,12 +298,6 @@ class ServingModule(tf.Module):
                                  sizes), fn_output_signature=signature)
     outputs.update(restored)
     return outputs
-
-
-def _assert(condition, message, *values):
-  """tf.debugging.Assert with one formatted message ("{}" placeholders for `values`)."""
-  text = tf.strings.format(message, values) if values else message
-  return tf.debugging.Assert(condition, [text])
 
 
 def _assert(condition, message, *values):

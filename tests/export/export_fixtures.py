@@ -6,7 +6,11 @@ import sys
 import textwrap
 
 import numpy as np
+import tensorflow as tf
+import tf_keras
 
+from deeplab_axial.data import pipeline
+from deeplab_axial.data.encoding import Keys
 from deeplab_axial.models import panoptic_deeplab
 from tests import helpers
 
@@ -38,6 +42,30 @@ def build_tiny_model(num_classes, seed=0):
   return model
 
 
+def semantic_model(num_classes=4, seed=0):
+  """A tiny semantic model: per-pixel logits (two convolutions) and a boundary logit, at input resolution."""
+  images = tf_keras.Input((None, None, 3))
+  x = tf_keras.layers.Conv2D(8, 3, padding="same", activation="relu")(images / 64.0)
+  logits = tf_keras.layers.Conv2D(num_classes, 3, padding="same")(x)
+  boundary = tf_keras.layers.Conv2D(1, 1)(x)
+  model = tf_keras.Model(images, {"semantic_logits": logits, "boundary_logits": boundary})
+  rng = np.random.default_rng(seed)
+  for variable in model.variables:
+    variable.assign(rng.normal(0.0, 1.0, variable.shape))
+  return model
+
+
+def classifier(num_classes=7, seed=0):
+  """A tiny classifier: logits = a dense layer on the flattened 8 x 8 crop (position-sensitive)."""
+  images = tf_keras.Input((8, 8, 3))
+  flat = tf_keras.layers.Flatten()(images / 255.0)
+  model = tf_keras.Model(images, tf_keras.layers.Dense(num_classes)(flat))
+  rng = np.random.default_rng(seed)
+  for variable in model.variables:
+    variable.assign(rng.normal(0.0, 1.0, variable.shape))
+  return model
+
+
 def scene_images(rng, count, height, width):
   """uint8 images of a few flat rectangles on a noisy background (varied predictions)."""
   images = rng.integers(0, 60, (count, height, width, 3)).astype(np.uint8)
@@ -46,6 +74,24 @@ def scene_images(rng, count, height, width):
       y, x = rng.integers(0, height - 4), rng.integers(0, width - 4)
       image[y:y + rng.integers(4, 12), x:x + rng.integers(4, 14)] = rng.integers(0, 256, 3)
   return images
+
+
+def val_split(pattern, with_panoptic=True):
+  """Original-size images (uint8), their encoded bytes and labels (panoptic maps, or
+  class ids of classification records) of the TFRecords matching `pattern`."""
+  images, encoded, labels = [], [], []
+  for serialized in tf.data.TFRecordDataset(sorted(tf.io.gfile.glob(pattern))):
+    example = pipeline.decode_example(serialized, decode_panoptic=with_panoptic)
+    images.append(example["image"].numpy().astype(np.uint8))
+    labels.append(example["panoptic" if with_panoptic else "label"].numpy())
+    features = tf.io.parse_single_example(
+        serialized, {Keys.IMAGE_ENCODED: tf.io.FixedLenFeature([], tf.string)})
+    encoded.append(features[Keys.IMAGE_ENCODED].numpy())
+  return images, encoded, labels
+
+
+def batches(items, size):
+  return [items[i:i + size] for i in range(0, len(items), size)]
 
 
 _PLAIN_TF_SCRIPT = textwrap.dedent("""

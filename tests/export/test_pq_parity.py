@@ -12,13 +12,10 @@ import sys
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from deeplab_axial import config as config_lib
 from deeplab_axial import metrics
 from deeplab_axial.data import datasets
-from deeplab_axial.data import pipeline
-from deeplab_axial.data.encoding import Keys
 from deeplab_axial.export import from_config
 from deeplab_axial.training import experiment
 
@@ -27,23 +24,6 @@ from tests.export import export_fixtures
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _DEMO_CONFIG = os.path.join(_REPO, "configs", "shapes", "axial_deeplab_demo.textproto")
 _TRAIN_STEPS = 400
-
-
-def _val_split(pattern):
-  """Original-size val images (uint8), their encoded bytes and panoptic labels."""
-  images, encoded, labels = [], [], []
-  for serialized in tf.data.TFRecordDataset(tf.io.gfile.glob(pattern)):
-    example = pipeline.decode_example(serialized)
-    images.append(example["image"].numpy().astype(np.uint8))
-    labels.append(example["panoptic"].numpy())
-    features = tf.io.parse_single_example(
-        serialized, {Keys.IMAGE_ENCODED: tf.io.FixedLenFeature([], tf.string)})
-    encoded.append(features[Keys.IMAGE_ENCODED].numpy())
-  return images, encoded, labels
-
-
-def _batches(items, size):
-  return [items[i:i + size] for i in range(0, len(items), size)]
 
 
 def _panoptic_quality(info, labels, predictions):
@@ -79,14 +59,14 @@ def test_exported_model_pq_on_demo_val_split_equals_evaluator(trained_demo, tmp_
   result = from_config.export_from_config(config, model_dir, str(tmp_path / "export"),
                                           with_preprocessing_crop=static)
   pattern = config_lib.resolve_file_pattern(config.dataset.eval_file_pattern[0], data_dir)
-  images, encoded, labels = _val_split(pattern)
+  images, encoded, labels = export_fixtures.val_split(pattern)
   assert len(images) == 50
   outputs = export_fixtures.run_signatures_in_plain_tf(
-      result.export_dir, [np.stack(batch) for batch in _batches(images, 16)],
-      _batches(encoded, 16), str(tmp_path))
+      result.export_dir, [np.stack(batch) for batch in export_fixtures.batches(images, 16)],
+      export_fixtures.batches(encoded, 16), str(tmp_path))
   for signature in ("default", "bytes"):
     predictions = np.concatenate([outputs[f"{signature}/{b}/panoptic"]
-                                  for b in range(len(_batches(images, 16)))])
+                                  for b in range(len(export_fixtures.batches(images, 16)))])
     assert predictions.shape == (50, 64, 64)
     exported = _panoptic_quality(info, labels, predictions)
     for key in ("pq", "sq", "rq", "pq_th", "pq_st"):
