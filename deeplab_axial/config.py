@@ -471,9 +471,9 @@ class _Validator:
       refuse(["dataset.augmentation." + name for name in _PHOTOMETRIC_FIELDS[1:]],
              "a jitter range, used only with dataset.augmentation.photometric: true")
     self._loss_terms_nothing_reads(refuse)
-    if meta != "panoptic_deeplab":
-      refuse(["export"], "export (trainer/export.py) is implemented for meta_architecture "
-             "'panoptic_deeplab' only")
+    if meta == "classification":
+      refuse(["export.crop_size"], "a classifier is exported with its evaluation "
+             "preprocessing (resize, centre crop) in the graph and always runs at that crop")
 
   def _loss_terms_nothing_reads(self, refuse):
     meta = self._config.model.meta_architecture

@@ -245,7 +245,7 @@ _IMAGENET = os.path.join(_CONFIG_DIR, "imagenet", "axial_resnet_s_inception_stem
     ("dataset.augmentation.contrast_max_factor: 1.2", "no photometric jitter"),
     ("dataset.augmentation.min_scale_factor: 0.8", "not random scaling"),
     ("dataset.targets.sigma: 4", "classification has none"),
-    ("export.version: 2", "implemented for meta_architecture 'panoptic_deeplab' only"),
+    ("export.crop_size: [64, 64]", "always runs at that crop"),
 ])
 def test_classification_refuses_settings_it_never_reads(override, reason):
   with pytest.raises(config_lib.ConfigError) as info:
