@@ -256,8 +256,7 @@ class _Rehearsal:
     spec = _eval_spec(self.task, batch_size)
     shape = spec["image"].shape.as_list()
     crop = tuple(shape[1:3])
-    self.report.eval_crop = crop if None not in crop else None
-    if self.report.eval_crop is None:
+    if None in crop:
       self.report.notes.append("no eval crop (eval.crop_size and the dataset's are unset): "
                                "the eval step was traced at a dynamic size")
     scales = list(getattr(self.task, "scales", ()) or [1.0])
@@ -265,6 +264,7 @@ class _Rehearsal:
              f"{self.config.eval.flip})")
     loop.trace_step(spec, with_predictions=self.config.eval.save_predictions)
     self.report.traced.append(f"eval step at {shape}")
+    self.report.eval_crop = crop if None not in crop else None
 
   def _count_multiply_adds(self):
     crop = self.report.eval_crop
