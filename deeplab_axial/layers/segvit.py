@@ -19,6 +19,7 @@ from typing import Tuple
 import tensorflow as tf
 import tf_keras
 
+from deeplab_axial.layers import validation
 from deeplab_axial.layers import vit
 
 _SERIALIZABLE = tf_keras.saving.register_keras_serializable(package="deeplab_axial")
@@ -128,7 +129,7 @@ class AttentionToMask(tf_keras.layers.Layer):
     super().__init__(**kwargs)
     for name, value in (("num_classes", num_classes), ("hidden_size", hidden_size),
                         ("num_heads", num_heads), ("num_layers", num_layers)):
-      vit._check_positive_int(name, value)  # pylint: disable=protected-access
+      validation.check_positive_int(name, value)
     if deep_supervision not in _DEEP_SUPERVISION_MODES:
       raise ValueError(f"deep_supervision must be one of {_DEEP_SUPERVISION_MODES}, got "
                        f"{deep_supervision!r}")
@@ -246,12 +247,12 @@ class QueryUpsample(tf_keras.layers.Layer):
     super().__init__(**kwargs)
     for name, value in (("hidden_size", hidden_size), ("num_heads", num_heads),
                         ("num_layers", num_layers)):
-      vit._check_positive_int(name, value)  # pylint: disable=protected-access
+      validation.check_positive_int(name, value)
     query_grid_size = tuple(query_grid_size)
     if len(query_grid_size) != 2:
       raise ValueError(f"query_grid_size must be (rows, cols), got {query_grid_size!r}")
     for value in query_grid_size:
-      vit._check_positive_int("query_grid_size", value)  # pylint: disable=protected-access
+      validation.check_positive_int("query_grid_size", value)
     self.hidden_size = hidden_size
     self.num_heads = num_heads
     self.query_grid_size = query_grid_size
