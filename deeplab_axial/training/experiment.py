@@ -19,6 +19,8 @@ import tf_keras
 from deeplab_axial import checkpoints
 from deeplab_axial import config as config_lib
 from deeplab_axial.data import datasets
+from deeplab_axial.metrics.report import METRICS_FILE  # noqa: F401  (re-exported)
+from deeplab_axial.metrics.report import read_metrics
 from deeplab_axial import tasks
 from deeplab_axial.models import builder
 from deeplab_axial.training import distribution
@@ -34,7 +36,6 @@ TRAINING_MODES = ("train", "eval", "train_and_eval", "continuous_eval")
 # Everything but the long loop, at the config's real shapes (`training.rehearsal`).
 REHEARSE = "rehearse"
 MODES = TRAINING_MODES + (REHEARSE,)
-METRICS_FILE = "eval_metrics.json"
 PREDICTIONS_DIR = "eval_predictions"
 
 
@@ -307,14 +308,6 @@ class Experiment:
       if step >= self.config.train.steps:
         break
     return results
-
-
-def read_metrics(path):
-  """The {step: metrics} dict of an `eval_metrics.json`, or {} when it does not exist."""
-  if not tf.io.gfile.exists(path):
-    return {}
-  with tf.io.gfile.GFile(path) as f:
-    return json.load(f)
 
 
 def restore_initial_checkpoint(model, checkpoint, modules=(), *, allow_partial=False):

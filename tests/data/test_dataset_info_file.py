@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-import data_fixtures
+from tests.data import data_fixtures
 from deeplab_axial import config as config_lib
 from deeplab_axial.data import datasets
 from deeplab_axial.data import pipeline
@@ -162,9 +162,11 @@ def test_trains_two_steps_and_evaluates_from_the_file(converted, tmp_path, monke
   # pylint: disable=import-outside-toplevel
   from deeplab_axial.models import builder
   from deeplab_axial.training import experiment
-  sys.path.insert(0, os.path.join(REPO, "tests", "training"))
-  from test_experiment import _tiny_backbone  # the trainer tests' conv backbone
-  monkeypatch.setattr(builder, "build_backbone", _tiny_backbone)
+  from tests import helpers
+  monkeypatch.setattr(
+      builder, "build_backbone",
+      lambda options, **unused_batch_norm: helpers.tiny_backbone(
+          {"res2": 8, "res3": 8, "res4": 16, "res5": 16}, output_stride=options.output_stride))
   data_dir, _ = converted
   tiny_model = """
       model { backbone { name: "resnet50" }

@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from deeplab_axial import config as config_lib
 from deeplab_axial.data import pipeline
-from test_pipeline import IGNORE, INFO, write_records  # pylint: disable=wrong-import-order
+from tests.data.test_pipeline import IGNORE, INFO, write_records
 
 # A 100 x 80 image (larger than the 65 x 65 eval crop), long side resized to 64:
 # 64 x round(80 * 64 / 100) = 64 x 51.

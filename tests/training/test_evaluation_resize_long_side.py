@@ -1,18 +1,13 @@
 """Evaluator hook of `dataset.resize_long_side`: predictions made on the resized image
 are scored and written at each image's original size (an image larger than the crop)."""
-import os
-import sys
-
 import tensorflow as tf
 
 from deeplab_axial.data import pipeline
+from deeplab_axial.tasks import panoptic
+from deeplab_axial.tasks import post_processing
 from deeplab_axial.training import evaluation
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "data"))
-# pylint: disable=wrong-import-position
-from test_pipeline import INFO, write_records  # noqa: E402
-from test_pipeline_resize_photometric import blocky_label  # noqa: E402
+from tests.data.test_pipeline import INFO, write_records
+from tests.data.test_pipeline_resize_photometric import blocky_label
 
 
 def class_from_red_model(images):
@@ -36,13 +31,13 @@ def test_evaluator_scores_and_writes_at_the_original_size(tmp_path):
   dataset = pipeline.build_panoptic_dataset(
       write_records(tmp_path, [label]), INFO, is_training=False, batch_size=1,
       crop_size=(65, 65), generate_targets=False, resize_long_side=64)
-  evaluator = evaluation.Evaluator(
-      class_from_red_model, evaluation.default_post_processor(
+  evaluator = panoptic.PanopticEvaluator(
+      class_from_red_model, post_processing.PostProcessingOptions(
           INFO.thing_class_ids, INFO.label_divisor, INFO.ignore_label, stuff_area=1),
-      num_classes=INFO.num_classes, ignore_label=INFO.ignore_label,
-      label_divisor=INFO.label_divisor, thing_classes=INFO.thing_class_ids)
+      num_classes=INFO.num_classes)
+  loop = evaluation.EvalLoop(tf.distribute.get_strategy(), evaluator, 1)
   writer = _Collect()
-  results = evaluator.evaluate(dataset, prediction_writer=writer)
+  results = loop.evaluate(dataset, prediction_writer=writer)
   (written,) = writer.written.values()
   assert written.shape == label.shape
   predicted, truth = written // INFO.label_divisor, label // INFO.label_divisor
