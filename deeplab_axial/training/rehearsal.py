@@ -41,6 +41,8 @@ from deeplab_axial.training import experiment
 
 # Fraction of the available memory a step may use to be run rather than only traced.
 _MEMORY_HEADROOM = 0.7
+# Characters of an error message kept in a problem line.
+_MESSAGE_LENGTH = 600
 # Longest side of the reduced crop the activation estimate traces at.
 _ESTIMATE_SIDE = 257
 
@@ -413,7 +415,8 @@ def _first_message(error):
   text = re.split(r"\n\s*Call arguments received", text)[0]
   lines = [line.strip() for line in text.splitlines()
            if line.strip() and not line.strip().startswith("Exception encountered")]
-  return " ".join(lines)[:600]
+  text = " ".join(lines)
+  return text if len(text) <= _MESSAGE_LENGTH else text[:_MESSAGE_LENGTH] + " ..."
 
 
 __all__ = ["RehearsalError", "RehearsalReport", "available_memory_bytes",
