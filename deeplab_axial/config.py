@@ -28,6 +28,7 @@ from google.protobuf import descriptor_pool
 from google.protobuf import text_format
 
 from deeplab_axial.models import catalogue
+from deeplab_axial import config_usage
 from deeplab_axial import errors
 from deeplab_axial.protos import experiment_pb2
 
@@ -85,6 +86,11 @@ _REPEATED_DEFAULTS: Tuple[Tuple[str, Callable, Callable], ...] = (
     ("eval.metrics", lambda c: DEFAULT_EVAL_METRICS.get(_meta(c), ()), lambda c: True),
 )
 
+# augmentation.photometric, then its jitter ranges.
+_PHOTOMETRIC_FIELDS = ("photometric", "brightness_max_delta", "contrast_min_factor",
+                       "contrast_max_factor", "saturation_min_factor",
+                       "saturation_max_factor", "hue_max_delta")
+
 _HEADER = ("# proto-file: deeplab_axial/protos/experiment.proto\n"
            "# proto-message: ExperimentOptions\n")
 
@@ -131,7 +137,16 @@ def parse_config(text: str, source: str = "<string>",
 
 def config_to_text(config: ExperimentOptions) -> str:
   """Text-format `config`, with the proto-file header; `parse_config` reads it back."""
-  return _HEADER + text_format.MessageToString(config)
+  return _HEADER + text_format.MessageToString(config_usage.unwrap(config))
+
+
+def is_filled_default(config: ExperimentOptions, path: str, values) -> bool:
+  """True when repeated field `path` holds `values` because `load_config` filled in its
+  documented default (so they are not a setting of the user's)."""
+  for default_path, default, applies in _REPEATED_DEFAULTS:
+    if default_path == path and applies(config):
+      return list(values) == list(default(config))
+  return False
 
 
 def resolve_file_pattern(pattern: str, data_dir: Optional[str] = None) -> str:
@@ -360,6 +375,7 @@ class _Validator:
     self._dataset()
     self._solver()
     self._loss_train_eval()
+    self._settings_nothing_reads()
     if self._errors:
       count = len(self._errors)
       if count == 1:  # One line, as every other input error of the CLI.
@@ -427,6 +443,51 @@ class _Validator:
       self.positive("model.context_head.segvit.atm_layers")
       self.non_negative("model.context_head.segvit.head_hidden_size",
                         "model.context_head.segvit.head_num_heads")
+
+  def _settings_nothing_reads(self):
+    """Refuses, with the reason, set fields that the config's task never reads (the
+    systemic check is `config_usage`: rehearsal names any other unread field)."""
+    c = self._config
+    set_paths = [path for path, _ in config_usage.set_fields(
+        c, lambda path, values: is_filled_default(c, path, values))]
+
+    def refuse(prefixes, reason):
+      for path in set_paths:
+        if any(path == p or path.startswith(p + ".") for p in prefixes):
+          self.error(path, reason)
+
+    meta = c.model.meta_architecture
+    if meta == "classification":
+      refuse(["dataset.resize_long_side"], "classification resizes the shorter side to "
+             "eval.resize_size and centre-crops; resize_long_side is for segmentation")
+      refuse(["dataset.augmentation." + name for name in _PHOTOMETRIC_FIELDS],
+             "classification training applies the random-resized crop and flip only, no "
+             "photometric jitter")
+      refuse(["dataset.augmentation.min_scale_factor", "dataset.augmentation.max_scale_factor",
+              "dataset.augmentation.scale_factor_step"], "classification training uses the "
+             "random-resized crop (augmentation.random_resized_crop), not random scaling")
+      refuse(["dataset.targets"], "Panoptic-DeepLab training targets; classification has "
+             "none")
+    elif not c.dataset.augmentation.photometric:
+      refuse(["dataset.augmentation." + name for name in _PHOTOMETRIC_FIELDS[1:]],
+             "a jitter range, used only with dataset.augmentation.photometric: true")
+    self._loss_terms_nothing_reads(refuse)
+    if meta != "panoptic_deeplab":
+      refuse(["export"], "export (trainer/export.py) is implemented for meta_architecture "
+             "'panoptic_deeplab' only")
+
+  def _loss_terms_nothing_reads(self, refuse):
+    meta = self._config.model.meta_architecture
+    if meta == "semantic" and self._config.model.context_head.type == "segvit":
+      refuse(["loss"], "SegViT trains with its ATM loss (class CE + mask focal + dice with "
+             "the paper's weights); the loss section does not apply")
+      return
+    unused = {"classification": ("semantic_weight", "semantic_top_k", "center_weight",
+                                 "offset_weight"),
+              "semantic": ("center_weight", "offset_weight"),
+              "panoptic_deeplab": ("label_smoothing",)}.get(meta, ())
+    refuse(["loss." + name for name in unused],
+           f"not a term of the {meta} loss (see experiment.proto LossOptions)")
 
   def _backbone_family(self):
     name = self._config.model.backbone.name

@@ -234,3 +234,40 @@ def test_backbone_learning_rate_multiplier_must_be_positive():
   with pytest.raises(config_lib.ConfigError,
                      match=r"backbone_learning_rate_multiplier.*must be > 0"):
     config_lib.load_config(_DEMO, overrides=["solver.backbone_learning_rate_multiplier: 0"])
+
+
+_IMAGENET = os.path.join(_CONFIG_DIR, "imagenet", "axial_resnet_s_inception_stem.textproto")
+
+
+@pytest.mark.parametrize("override, reason", [
+    ("dataset.resize_long_side: 512", "resize_long_side is for segmentation"),
+    ("dataset.augmentation.photometric: true", "no photometric jitter"),
+    ("dataset.augmentation.contrast_max_factor: 1.2", "no photometric jitter"),
+    ("dataset.augmentation.min_scale_factor: 0.8", "not random scaling"),
+    ("dataset.targets.sigma: 4", "classification has none"),
+    ("export.version: 2", "implemented for meta_architecture 'panoptic_deeplab' only"),
+])
+def test_classification_refuses_settings_it_never_reads(override, reason):
+  with pytest.raises(config_lib.ConfigError) as info:
+    config_lib.load_config(_IMAGENET, [override])
+  field = override.split(":")[0]
+  assert f"--config_override {override!r}: {field} = " in str(info.value)
+  assert reason in str(info.value)
+
+
+def test_jitter_ranges_need_photometric():
+  message = _error(overrides=["dataset.augmentation.hue_max_delta: 0.2"])
+  assert "dataset.augmentation.hue_max_delta = " in message
+  assert "used only with dataset.augmentation.photometric: true" in message
+  _load(overrides=["dataset.augmentation { photometric: true hue_max_delta: 0.2 }"])
+
+
+@pytest.mark.parametrize("config, override, reason", [
+    ("segvit_demo", "loss.semantic_top_k: 0.2", "SegViT trains with its ATM loss"),
+    ("danet_demo", "loss.center_weight: 100", "not a term of the semantic loss"),
+    ("axial_deeplab_demo", "loss.label_smoothing: 0.1", "not a term of the panoptic_deeplab"),
+])
+def test_loss_terms_the_task_does_not_have_are_refused(config, override, reason):
+  with pytest.raises(config_lib.ConfigError, match=reason):
+    config_lib.load_config(os.path.join(_CONFIG_DIR, "shapes", f"{config}.textproto"),
+                           [override])

@@ -450,11 +450,14 @@ def _pad_to_crop(tensor: tf.Tensor, crop_size: Tuple[int, int], value) -> tf.Ten
   return tf.ensure_shape(padded, list(crop_size) + tensor.shape[2:].as_list())
 
 
-def panoptic_options_from_config(dataset_options, *, is_training: bool) -> Dict:
+def panoptic_options_from_config(dataset_options, *, is_training: bool,
+                                 generate_targets: bool = True) -> Dict:
   """The `build_panoptic_dataset` keyword arguments a `DatasetOptions` proto sets.
 
   Training: crop, scale, flip, photometric (None unless `augmentation.photometric`),
-  shuffle buffer, targets and `resize_long_side`; evaluation: `resize_long_side` (the
+  shuffle buffer, `resize_long_side` and, with `generate_targets`, the target options
+  (only then are `dataset.targets` read, so a config setting them for a model without
+  Panoptic-DeepLab targets is caught as unread); evaluation: `resize_long_side` (the
   eval crop comes from `eval.crop_size` or the dataset descriptor).
   """
   options = {"resize_long_side": int(dataset_options.resize_long_side)}
@@ -467,11 +470,12 @@ def panoptic_options_from_config(dataset_options, *, is_training: bool) -> Dict:
       scale_step=augmentation.scale_factor_step, flip=augmentation.horizontal_flip,
       photometric=(PhotometricOptions.from_config(augmentation)
                    if augmentation.photometric else None),
-      shuffle_buffer=dataset_options.shuffle_buffer_size,
-      target_options={"sigma": targets.sigma,
-                      "small_instance_area": targets.small_instance_area,
-                      "small_instance_weight": targets.small_instance_weight,
-                      "ignore_crowd_in_semantic": targets.ignore_crowd_in_semantic})
+      shuffle_buffer=dataset_options.shuffle_buffer_size)
+  if generate_targets:
+    options["target_options"] = {
+        "sigma": targets.sigma, "small_instance_area": targets.small_instance_area,
+        "small_instance_weight": targets.small_instance_weight,
+        "ignore_crowd_in_semantic": targets.ignore_crowd_in_semantic}
   return options
 
 

@@ -74,6 +74,11 @@ def static_size_from_config(config, dataset_info) -> Tuple[int, int]:
                    f"{dataset_info.name!r}")
 
 
+def configured_version(config) -> Optional[int]:
+  """`export.version` when the config sets it, else None (the next free version)."""
+  return config.export.version if config.export.HasField("version") else None
+
+
 def export_from_config(config, checkpoint, output_dir, *, version=None, overwrite=False,
                        with_preprocessing_crop=False, jit_compile=False,
                        include_semantic_probs=True, tflite_output=None) -> ExportResult:
@@ -103,8 +108,8 @@ def export_from_config(config, checkpoint, output_dir, *, version=None, overwrit
                                  static_size=static_size, jit_compile=jit_compile,
                                  include_semantic_probs=include_semantic_probs)
   model, prefix = restored.model, restored.checkpoint
-  if version is None and config.export.HasField("version"):
-    version = config.export.version
+  if version is None:
+    version = configured_version(config)
   export_dir = saved_model.export_saved_model(
       model, output_dir, version=version, overwrite=overwrite, dataset_info=dataset_info,
       serving=restored.serving_options, task=restored.task,

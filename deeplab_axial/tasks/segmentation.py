@@ -15,7 +15,8 @@ class SegmentationTask(base.Task, abc.ABC):
         self.train_patterns, self.info, is_training=True,
         batch_size=self.config.train.batch_size, seed=self.config.train.seed,
         generate_targets=generate_targets, input_context=input_context,
-        **pipeline.panoptic_options_from_config(self.config.dataset, is_training=True))
+        **pipeline.panoptic_options_from_config(self.config.dataset, is_training=True,
+                                                generate_targets=generate_targets))
 
   def eval_dataset(self, batch_size: Optional[int] = None):
     eval_options = self.config.eval

@@ -7,9 +7,11 @@ mechanics (checkpoints and resume, initial checkpoints, evaluation schedule,
 `eval_metrics.json`), and `training.evaluation` the one distributed eval loop.
 """
 import contextlib
+import dataclasses
 import json
 import os
 import time
+from typing import Dict, Optional, Tuple
 
 from absl import logging
 import numpy as np
@@ -88,20 +90,57 @@ def run_experiment(experiment_config, mode, model_dir, strategy=None, data_dir=N
   if distribution.is_chief(strategy):
     with tf.io.gfile.GFile(os.path.join(model_dir, "config.textproto"), "w") as f:
       f.write(config_lib.config_to_text(experiment_config))
-  with mixed_precision_policy(experiment_config.train.mixed_precision):
-    task = create_task(experiment_config, data_dir)
-    return Experiment(experiment_config, model_dir, strategy, task).run(mode)
+  with mixed_precision_policy(experiment_config):
+    return _Experiment(experiment_config, model_dir, strategy, data_dir).run(mode)
 
 
 @contextlib.contextmanager
-def mixed_precision_policy(name):
-  """Sets the global Keras policy `name` (`train.mixed_precision`) for the block."""
+def mixed_precision_policy(experiment_config):
+  """Sets the Keras policy `train.mixed_precision` inside the block, restores it after."""
   previous_policy = tf_keras.mixed_precision.global_policy()
-  tf_keras.mixed_precision.set_global_policy(name)
+  tf_keras.mixed_precision.set_global_policy(experiment_config.train.mixed_precision)
   try:
     yield
   finally:
     tf_keras.mixed_precision.set_global_policy(previous_policy)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+  """The `train` and `eval` settings the modes read besides the model, task and solver.
+
+  Read once when the experiment is set up (`from_config`), so that a run and a rehearsal
+  (`deeplab_axial.training.config_check`) read exactly the same fields.
+  """
+  trainer: Dict[str, object]
+  initial_checkpoint: str
+  init_modules: Tuple[str, ...]
+  allow_partial_init: bool
+  eval_interval: int
+  eval_steps: Optional[int]
+  save_predictions: bool
+  continuous_eval_timeout: int
+
+  @classmethod
+  def from_config(cls, experiment_config) -> "RunSettings":
+    train, eval_options = experiment_config.train, experiment_config.eval
+    return cls(
+        trainer={"global_batch_size": train.batch_size, "total_steps": train.steps,
+                 "steps_per_loop": train.steps_per_loop,
+                 "checkpoint_interval": train.checkpoint_interval,
+                 "max_to_keep": train.max_to_keep,
+                 "summary_interval": train.summary_interval,
+                 "jit_compile": train.jit_compile},
+        initial_checkpoint=train.initial_checkpoint,
+        init_modules=tuple(train.init_modules),
+        allow_partial_init=train.allow_partial_init,
+        eval_interval=eval_options.interval, eval_steps=eval_options.steps or None,
+        save_predictions=eval_options.save_predictions,
+        continuous_eval_timeout=eval_options.continuous_eval_timeout)
+
+  @property
+  def total_steps(self):
+    return self.trainer["total_steps"]
 
 
 def _file_pattern(patterns, data_dir, dataset_name, split):
@@ -119,14 +158,7 @@ def resolve_file_patterns(experiment_config, data_dir):
           _file_pattern(dataset.eval_file_pattern, data_dir, info.name, "eval"))
 
 
-def create_task(experiment_config, data_dir):
-  """The config's `Task` on its TFRecords (the shapes demo data made on first use)."""
-  info, train_patterns, eval_patterns = resolve_file_patterns(experiment_config, data_dir)
-  _ensure_demo_data(info, train_patterns + eval_patterns, data_dir)
-  return tasks.create_task(experiment_config, info, train_patterns, eval_patterns)
-
-
-def _ensure_demo_data(dataset_info, patterns, data_dir):
+def _ensure_demo_data(dataset_info, patterns):
   """Creates the procedural shapes TFRecords on first use (cached afterwards)."""
   if dataset_info.name != "shapes" or all(tf.io.gfile.glob(p) for p in patterns):
     return
@@ -136,23 +168,24 @@ def _ensure_demo_data(dataset_info, patterns, data_dir):
   shapes.ensure_shapes_tfrecords(output_dir, show_progress=True)
 
 
-class Experiment:
+class _Experiment:
   """Holds the model, the task and the loops of one experiment.
 
-  Args:
-    experiment_config: a loaded `ExperimentOptions` (the one object everything is built
-      from).
-    model_dir: checkpoints and summaries.
-    strategy: the `tf.distribute.Strategy`.
-    task: the config's `tasks.Task` (`create_task`).
-    train_dataset_fn: the per-replica training input (default `task.train_dataset`);
-      rehearsal passes synthetic batches of the same element spec.
+  `task` (default: the config's task on its TFRecords) and `train_dataset_fn` (default:
+  `task.train_dataset`) let rehearsal substitute synthetic batches of the same spec.
   """
 
-  def __init__(self, experiment_config, model_dir, strategy, task, train_dataset_fn=None):
+  def __init__(self, experiment_config, model_dir, strategy, data_dir, *, task=None,
+               train_dataset_fn=None):
     self.config = experiment_config
+    self.settings = RunSettings.from_config(experiment_config)
     self.model_dir = model_dir
     self.strategy = strategy
+    logging.info("experiment %s (%s)", experiment_config.experiment_name or "<unnamed>",
+                 experiment_config.model.meta_architecture)
+    if task is None:
+      info, train_patterns, eval_patterns = resolve_file_patterns(experiment_config, data_dir)
+      task = tasks.create_task(experiment_config, info, train_patterns, eval_patterns)
     self.task = task
     self._train_dataset_fn = train_dataset_fn or task.train_dataset
     tf_keras.utils.set_random_seed(experiment_config.train.seed)
@@ -177,15 +210,11 @@ class Experiment:
   @property
   def trainer(self):
     if self._trainer is None:
-      train = self.config.train
       self._trainer = loop.Trainer(
           strategy=self.strategy, model=self.model, optimizer=self.optimizer,
           compute_losses=self.task.compute_losses, loss_names=self.task.loss_names,
-          train_dataset_fn=self._train_dataset_fn, global_batch_size=train.batch_size,
-          total_steps=train.steps, model_dir=self.model_dir,
-          steps_per_loop=train.steps_per_loop, checkpoint_interval=train.checkpoint_interval,
-          max_to_keep=train.max_to_keep, summary_interval=train.summary_interval,
-          jit_compile=train.jit_compile,
+          train_dataset_fn=self._train_dataset_fn, model_dir=self.model_dir,
+          **self.settings.trainer,
           checkpoint_items={"backbone": builder.find_backbone(self.model)},
           # Lets a run resume after solver.backbone_learning_rate_multiplier changed.
           optimizer_group_variables=builder.find_backbone(self.model).trainable_variables)
@@ -201,12 +230,12 @@ class Experiment:
     resumed = self.trainer.restore_or_initialize()
     if resumed:
       return f"resumed from {resumed} (model_dir's latest checkpoint)"
-    train = self.config.train
-    if not train.initial_checkpoint:
+    settings = self.settings
+    if not settings.initial_checkpoint:
       return None
-    report = restore_initial_checkpoint(self.model, train.initial_checkpoint,
-                                        train.init_modules,
-                                        allow_partial=train.allow_partial_init)
+    report = restore_initial_checkpoint(self.model, settings.initial_checkpoint,
+                                        settings.init_modules,
+                                        allow_partial=settings.allow_partial_init)
     logging.info("%s", report.summary())
     return report.summary()
 
@@ -214,8 +243,8 @@ class Experiment:
   def evaluate(self, step):
     """Evaluates the current weights; writes `eval_metrics.json` and summaries."""
     start = time.perf_counter()
-    num_steps = self.config.eval.steps or None
-    if self.config.eval.save_predictions:
+    num_steps = self.settings.eval_steps
+    if self.settings.save_predictions:
       results = self._evaluate_and_save_predictions(step, num_steps)
     else:
       results = self._evaluate(num_steps)
@@ -270,6 +299,7 @@ class Experiment:
 
   # ------------------------------------------------------------------------------ modes
   def run(self, mode):
+    _ensure_demo_data(self.task.info, self.task.train_patterns + self.task.eval_patterns)
     return getattr(self, f"_run_{mode}")()
 
   def _run_train(self):
@@ -285,7 +315,7 @@ class Experiment:
 
   def _run_train_and_eval(self):
     self.restore_for_training()
-    total, interval = self.config.train.steps, self.config.eval.interval
+    total, interval = self.settings.total_steps, self.settings.eval_interval
     step = self.trainer.global_step
     results = read_metrics(self.metrics_path).get(str(step), {})
     if step >= total and results:
@@ -301,11 +331,11 @@ class Experiment:
 
   def _run_continuous_eval(self):
     results = {}
-    timeout = self.config.eval.continuous_eval_timeout
+    timeout = self.settings.continuous_eval_timeout
     for path in tf.train.checkpoints_iterator(self.model_dir, timeout=timeout):
       step = self._restore_for_eval(path)
       results = self.evaluate(step)
-      if step >= self.config.train.steps:
+      if step >= self.settings.total_steps:
         break
     return results
 

@@ -140,7 +140,7 @@ def rehearse(experiment_config, *, strategy=None, model_dir=None, data_dir=None,
   report = RehearsalReport(experiment_config.experiment_name,
                            experiment_config.model.meta_architecture)
   with tempfile.TemporaryDirectory(prefix="rehearsal_") as scratch, \
-      experiment.mixed_precision_policy(experiment_config.train.mixed_precision):
+      experiment.mixed_precision_policy(experiment_config):
     _Rehearsal(experiment_config, strategy, model_dir or os.path.join(scratch, "model"),
                data_dir, scratch, report, run_step, log_fn).run(count_multiply_adds)
   if on_finish is not None:
@@ -174,8 +174,8 @@ class _Rehearsal:
     self.per_replica_batch = config.train.batch_size // strategy.num_replicas_in_sync
     self.log(f"building model {config.model.backbone.name} "
              f"({config.model.meta_architecture}) under {type(strategy).__name__}")
-    self.experiment = experiment.Experiment(
-        config, model_dir, strategy, self.task,
+    self.experiment = experiment._Experiment(  # pylint: disable=protected-access
+        config, model_dir, strategy, data_dir, task=self.task,
         train_dataset_fn=None if self.real_data else self._synthetic_train_dataset)
     self.model = self.experiment.model
     self.traced_train_step = False

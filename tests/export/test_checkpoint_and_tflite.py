@@ -42,8 +42,10 @@ def test_tflite_semantic_and_panoptic_paths_match_tensorflow(tiny_model, shapes_
   runner = tf.lite.Interpreter(model_path=str(path)).get_signature_runner()
   outputs = runner(images=images)
   np.testing.assert_array_equal(outputs["semantic"], logits.argmax(-1))
+  # TFLite's float32 kernels (XNNPACK) sum in another order than TensorFlow's: ~1e-5 on
+  # probabilities near 0.5 (seen 1.02e-5 with the DeepLab2 BN epsilon of the tiny model).
   np.testing.assert_allclose(outputs["semantic_probs"], tf.nn.softmax(logits).numpy(),
-                             atol=1e-5)
+                             atol=3e-5)
   options = saved_model.serving_options(dataset_info=shapes_info, static_size=(33, 49),
                                         **export_fixtures.POST_PROCESSING)
   flatbuffer = tflite.convert_semantic_model(tiny_model, None, (33, 49),

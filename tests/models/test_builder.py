@@ -4,6 +4,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+import tf_keras
 
 from deeplab_axial import config as config_lib
 from deeplab_axial.data import datasets

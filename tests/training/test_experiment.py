@@ -121,8 +121,7 @@ def _one_sgd_step(records, model_dir, multiplier):
   config = _config(records, _panoptic_model(), overrides=[
       "solver.optimizer: 'sgd'", "solver.momentum: 0", "solver.learning_rate: 0.1",
       "train.steps: 1", f"solver.backbone_learning_rate_multiplier: {multiplier}"])
-  run = experiment.Experiment(config, model_dir, tf.distribute.get_strategy(),
-                              experiment.create_task(config, None))
+  run = experiment._Experiment(config, model_dir, tf.distribute.get_strategy(), None)  # pylint: disable=protected-access
   backbone = builder.find_backbone(run.model).trainable_variables
   backbone_ids = {id(v) for v in backbone}
   head = [v for v in run.model.trainable_variables if id(v) not in backbone_ids]
@@ -184,8 +183,8 @@ def test_semantic_backbone_initialized_from_a_panoptic_checkpoint(
   config = _config(shapes_records, model, overrides=[
       f'train.initial_checkpoint: "{source_dir}"', 'train.init_modules: ["backbone"]',
       "train.steps: 1"])
-  run = experiment.Experiment(config, str(tmp_path / "target"), tf.distribute.get_strategy(),
-                              experiment.create_task(config, None))
+  run = experiment._Experiment(config, str(tmp_path / "target"),  # pylint: disable=protected-access
+                               tf.distribute.get_strategy(), None)
   run.restore_for_training()
   backbone = builder.find_backbone(run.model)
   kernel = next(w for w in backbone.weights if "kernel" in w.name)

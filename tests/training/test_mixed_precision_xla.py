@@ -53,16 +53,16 @@ def _demo_config(records, steps, overrides=()):
 
 @pytest.fixture
 def experiments(monkeypatch):
-  """The `Experiment` objects that `run_experiment` creates, in order."""
+  """The `_Experiment` objects that `run_experiment` creates, in order."""
   created = []
 
-  class Recorded(experiment.Experiment):
+  class Recorded(experiment._Experiment):  # pylint: disable=protected-access
 
     def __init__(self, *args, **kwargs):
       super().__init__(*args, **kwargs)
       created.append(self)
 
-  monkeypatch.setattr(experiment, "Experiment", Recorded)
+  monkeypatch.setattr(experiment, "_Experiment", Recorded)
   return created
 
 
