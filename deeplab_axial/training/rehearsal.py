@@ -3,7 +3,7 @@
 `rehearse(config)` builds, from that ONE config object, what `train_and_eval` and export
 build, at the config's real shapes:
 
-1. the task and the model under the strategy (optimizer, sync batch norm: `Experiment`);
+1. the task and the model under the strategy (optimizer, sync batch norm: `experiment._Experiment`);
 2. the training input: the real pipeline when the config's TFRecords exist, else
    synthetic batches with the pipeline's element spec (dtypes and shapes are read from
    the task's own pipeline built on an empty TFRecord file, so nothing is guessed);
