@@ -378,8 +378,9 @@ class _Validator:
     self._settings_nothing_reads()
     if self._errors:
       count = len(self._errors)
-      raise ConfigError(f"{count} invalid config value{'s' if count > 1 else ''}:\n  " +
-                        "\n  ".join(self._errors))
+      if count == 1:  # One line, as every other input error of the CLI.
+        raise ConfigError(f"invalid config value: {self._errors[0]}")
+      raise ConfigError(f"{count} invalid config values:\n  " + "\n  ".join(self._errors))
 
   def _choices(self):
     for path, allowed in _CHOICES.items():

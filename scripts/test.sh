@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a virtualenv in .venv (once) and runs the test suite: the fast tests first, then
-# the tests marked slow as a separate step. Usage: bash scripts/test.sh [extra pytest args]
+# the tests marked slow as a separate step (full_rehearsal, every shipped config at full
+# size, is run on demand: see README "Rehearsal"). Usage: bash scripts/test.sh [extra pytest args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${DEEPLAB_AXIAL_VENV:-.venv}"
@@ -19,6 +20,6 @@ run_pytest() {
 }
 
 echo "== fast tests =="
-run_pytest -q -m "not slow" "$@"
+run_pytest -q -m "not slow and not full_rehearsal" "$@"
 echo "== slow tests =="
-run_pytest -q -m "slow" "$@"
+run_pytest -q -m "slow and not full_rehearsal" "$@"

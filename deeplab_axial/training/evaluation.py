@@ -99,6 +99,15 @@ class EvalLoop:
 
     return self.strategy.experimental_distribute_values_from_function(replica_slice)
 
+  def trace_step(self, numeric_spec, with_predictions=False):
+    """Traces one evaluation step (distribution, `predict`, `update`, gather) for a
+    padded global batch of `numeric_spec` ({name: `tf.TensorSpec`}, `valid` included)
+    without running it. Returns the concrete function."""
+    def step(numeric):
+      return self._step(self.distribute(numeric), with_predictions)
+
+    return tf.function(step).get_concrete_function(numeric_spec)
+
   def evaluate(self, dataset, num_steps=None, prediction_writer=None,
                with_predictions=False):
     """Evaluates over `dataset` (global batches, not distributed) or its first

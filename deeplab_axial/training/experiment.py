@@ -1,4 +1,4 @@
-"""Runs an experiment config: train, eval, train_and_eval or continuous_eval.
+"""Runs an experiment config: train, eval, train_and_eval, continuous_eval or rehearse.
 
 This is the logic behind `trainer/train.py`: the CLI only parses flags. What differs
 between panoptic segmentation, semantic segmentation and classification (model, losses,
@@ -34,18 +34,33 @@ from deeplab_axial.training import sync_batch_norm
 
 TrainingDivergedError = loop.TrainingDivergedError
 
-MODES = ("train", "eval", "train_and_eval", "continuous_eval")
+TRAINING_MODES = ("train", "eval", "train_and_eval", "continuous_eval")
+# Everything but the long loop, at the config's real shapes (`training.rehearsal`).
+REHEARSE = "rehearse"
+MODES = TRAINING_MODES + (REHEARSE,)
 PREDICTIONS_DIR = "eval_predictions"
 
 
 def run_from_flags(*, config_file, mode, model_dir, overrides=(), num_gpus=0,
                    num_cpu_replicas=0, tpu=None, data_dir=None):
-  """Loads the config, creates the strategy and runs `mode`. Returns the final metrics."""
+  """Loads the config, creates the strategy and runs `mode`.
+
+  Returns:
+    The final metrics, or the `rehearsal.RehearsalReport` of `--mode=rehearse`.
+  """
   if mode not in MODES:
     raise ValueError(f"--mode={mode!r} is not one of {MODES}")
+  if not model_dir and mode != REHEARSE:
+    raise ValueError(f"--mode={mode} needs --model_dir (only --mode={REHEARSE} runs "
+                     "without one)")
   strategy = distribution.create_strategy(num_gpus=num_gpus, tpu=tpu,
                                           num_cpu_replicas=num_cpu_replicas)
   experiment_config = config_lib.load_config(config_file, overrides)
+  if mode == REHEARSE:
+    # Imported here: rehearsal is built on this module.
+    from deeplab_axial.training import rehearsal  # pylint: disable=import-outside-toplevel
+    return rehearsal.rehearse(experiment_config, strategy=strategy, model_dir=model_dir,
+                              data_dir=data_dir)
   return run_experiment(experiment_config, mode, model_dir, strategy=strategy,
                         data_dir=data_dir)
 
@@ -59,7 +74,7 @@ def run_experiment(experiment_config, mode, model_dir, strategy=None, data_dir=N
 
   Args:
     experiment_config: a loaded (validated) `ExperimentOptions`.
-    mode: one of MODES.
+    mode: one of TRAINING_MODES (`run_from_flags` also rehearses).
     model_dir: checkpoints, `train/` and `eval/` summaries, `eval_metrics.json`.
     strategy: a `tf.distribute.Strategy` (default: the current one).
     data_dir: where relative file patterns are resolved (and the shapes demo data made).
@@ -67,8 +82,8 @@ def run_experiment(experiment_config, mode, model_dir, strategy=None, data_dir=N
   Returns:
     The metrics of the last evaluation (dict), or {} when nothing was evaluated.
   """
-  if mode not in MODES:
-    raise ValueError(f"mode {mode!r} is not one of {MODES}")
+  if mode not in TRAINING_MODES:
+    raise ValueError(f"mode {mode!r} is not one of {TRAINING_MODES}")
   strategy = strategy or tf.distribute.get_strategy()
   data_dir = data_dir or default_data_dir()
   tf.io.gfile.makedirs(model_dir)
@@ -135,6 +150,14 @@ def _file_pattern(patterns, data_dir, dataset_name, split):
   return resolved
 
 
+def resolve_file_patterns(experiment_config, data_dir):
+  """(DatasetInfo, train patterns, eval patterns) of a config, resolved against data_dir."""
+  info = datasets.dataset_info_from_config(experiment_config.dataset, data_dir)
+  dataset = experiment_config.dataset
+  return (info, _file_pattern(dataset.train_file_pattern, data_dir, info.name, "train"),
+          _file_pattern(dataset.eval_file_pattern, data_dir, info.name, "eval"))
+
+
 def _ensure_demo_data(dataset_info, patterns):
   """Creates the procedural shapes TFRecords on first use (cached afterwards)."""
   if dataset_info.name != "shapes" or all(tf.io.gfile.glob(p) for p in patterns):
@@ -146,20 +169,25 @@ def _ensure_demo_data(dataset_info, patterns):
 
 
 class _Experiment:
-  """Holds the model, the task and the loops of one experiment."""
+  """Holds the model, the task and the loops of one experiment.
 
-  def __init__(self, experiment_config, model_dir, strategy, data_dir):
+  `task` (default: the config's task on its TFRecords) and `train_dataset_fn` (default:
+  `task.train_dataset`) let rehearsal substitute synthetic batches of the same spec.
+  """
+
+  def __init__(self, experiment_config, model_dir, strategy, data_dir, *, task=None,
+               train_dataset_fn=None):
     self.config = experiment_config
     self.settings = RunSettings.from_config(experiment_config)
     self.model_dir = model_dir
     self.strategy = strategy
     logging.info("experiment %s (%s)", experiment_config.experiment_name or "<unnamed>",
                  experiment_config.model.meta_architecture)
-    info = datasets.dataset_info_from_config(experiment_config.dataset, data_dir)
-    dataset = experiment_config.dataset
-    train_patterns = _file_pattern(dataset.train_file_pattern, data_dir, info.name, "train")
-    eval_patterns = _file_pattern(dataset.eval_file_pattern, data_dir, info.name, "eval")
-    self.task = tasks.create_task(experiment_config, info, train_patterns, eval_patterns)
+    if task is None:
+      info, train_patterns, eval_patterns = resolve_file_patterns(experiment_config, data_dir)
+      task = tasks.create_task(experiment_config, info, train_patterns, eval_patterns)
+    self.task = task
+    self._train_dataset_fn = train_dataset_fn or task.train_dataset
     tf_keras.utils.set_random_seed(experiment_config.train.seed)
     with strategy.scope():
       self.model = self.task.build_model()
@@ -185,22 +213,31 @@ class _Experiment:
       self._trainer = loop.Trainer(
           strategy=self.strategy, model=self.model, optimizer=self.optimizer,
           compute_losses=self.task.compute_losses, loss_names=self.task.loss_names,
-          train_dataset_fn=self.task.train_dataset, model_dir=self.model_dir,
+          train_dataset_fn=self._train_dataset_fn, model_dir=self.model_dir,
           **self.settings.trainer,
           checkpoint_items={"backbone": builder.find_backbone(self.model)},
           # Lets a run resume after solver.backbone_learning_rate_multiplier changed.
           optimizer_group_variables=builder.find_backbone(self.model).trainable_variables)
     return self._trainer
 
-  def _restore_for_training(self):
-    if self.trainer.restore_or_initialize():
-      return
+  def restore_for_training(self):
+    """Resumes from model_dir's latest checkpoint, else restores `train.initial_checkpoint`.
+
+    Returns:
+      What was restored, one line ("resumed from ...", the initial checkpoint's R/T
+      summary), or None.
+    """
+    resumed = self.trainer.restore_or_initialize()
+    if resumed:
+      return f"resumed from {resumed} (model_dir's latest checkpoint)"
     settings = self.settings
-    if settings.initial_checkpoint:
-      report = restore_initial_checkpoint(self.model, settings.initial_checkpoint,
-                                          settings.init_modules,
-                                          allow_partial=settings.allow_partial_init)
-      logging.info("%s", report.summary())
+    if not settings.initial_checkpoint:
+      return None
+    report = restore_initial_checkpoint(self.model, settings.initial_checkpoint,
+                                        settings.init_modules,
+                                        allow_partial=settings.allow_partial_init)
+    logging.info("%s", report.summary())
+    return report.summary()
 
   # ------------------------------------------------------------------------------ eval
   def evaluate(self, step):
@@ -269,7 +306,7 @@ class _Experiment:
     return getattr(self, f"_run_{mode}")()
 
   def _run_train(self):
-    self._restore_for_training()
+    self.restore_for_training()
     self.trainer.train()
     return {}
 
@@ -280,7 +317,7 @@ class _Experiment:
     return self.evaluate(self._restore_for_eval(path))
 
   def _run_train_and_eval(self):
-    self._restore_for_training()
+    self.restore_for_training()
     total, interval = self.settings.total_steps, self.settings.eval_interval
     step = self.trainer.global_step
     results = read_metrics(self.metrics_path).get(str(step), {})

@@ -224,6 +224,35 @@ class Trainer:
       return float(lr(optimizer.iterations))
     return float(tf.convert_to_tensor(lr))
 
+  def _input_iterator(self):
+    if self._iterator is None:
+      self._iterator = iter(self._dataset)
+    return self._iterator
+
+  def trace_step(self):
+    """Traces the training loop (forward, losses, gradients, optimizer update) without
+    running it; the next `run_steps`/`train` call reuses this trace.
+
+    Returns:
+      The `tf.types.experimental.ConcreteFunction` of the loop.
+    """
+    return self._train_loop.get_concrete_function(self._input_iterator(), tf.constant(1))
+
+  def run_steps(self, num_steps):
+    """Runs `num_steps` training steps (no checkpoint, no summary).
+
+    Returns:
+      {loss name: float} of the last step.
+
+    Raises:
+      TrainingDivergedError: a loss became NaN/Inf; names the step and the loss part.
+    """
+    step = self.global_step
+    history = self._train_loop(self._input_iterator(), tf.constant(num_steps))
+    history = {k: v.numpy() for k, v in history.items()}
+    self._raise_if_diverged(step, history)
+    return {k: float(v[-1]) for k, v in history.items()}
+
   def train(self, until_step=None):
     """Trains until `until_step` (default: total_steps); saves checkpoints on interval.
 
@@ -232,19 +261,14 @@ class Trainer:
     """
     until_step = min(until_step or self._total_steps, self._total_steps)
     if self._iterator is None:
-      self._iterator = iter(self._dataset)
       # Nothing else is printed while the first call traces and compiles the step.
       self._log_fn("tracing the training step (the first call can take a minute)...")
     step = self.global_step
     self._progress.start(step)
     last_summary = step
     while step < until_step:
-      num_steps = min(self._steps_per_loop, until_step - step)
-      history = self._train_loop(self._iterator, tf.constant(num_steps))
-      history = {k: v.numpy() for k, v in history.items()}
-      self._raise_if_diverged(step, history)
+      latest = self.run_steps(min(self._steps_per_loop, until_step - step))
       step = self.global_step
-      latest = {k: float(v[-1]) for k, v in history.items()}
       if step - last_summary >= self._summary_interval or step >= until_step:
         lr = self._learning_rate()
         images_per_second = self._progress.report(step, latest, lr)

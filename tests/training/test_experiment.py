@@ -184,7 +184,7 @@ def test_semantic_backbone_initialized_from_a_panoptic_checkpoint(
       "train.steps: 1"])
   run = experiment._Experiment(config, str(tmp_path / "target"),  # pylint: disable=protected-access
                                tf.distribute.get_strategy(), None)
-  run._restore_for_training()  # pylint: disable=protected-access
+  run.restore_for_training()
   backbone = builder.find_backbone(run.model)
   kernel = next(w for w in backbone.weights if "kernel" in w.name)
   stored = [name for name, _ in tf.train.list_variables(tf.train.latest_checkpoint(

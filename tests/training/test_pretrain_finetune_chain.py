@@ -77,7 +77,7 @@ def test_imagenet_s_initialises_every_coco_s_backbone_tensor(tmp_path, caplog):
     # pylint: disable-next=protected-access
     run = experiment._Experiment(config, str(tmp_path / "coco_run"),
                                  tf.distribute.get_strategy(), str(tmp_path / "data"))
-    run._restore_for_training()  # pylint: disable=protected-access
+    run.restore_for_training()
 
   report = re.search(r"initial checkpoint: restored (\d+)/(\d+) variables of backbone",
                      caplog.text)
