@@ -32,6 +32,7 @@ from typing import Callable, Dict, List, Optional
 
 import tensorflow as tf
 
+from deeplab_axial import config_usage
 from deeplab_axial import errors
 from deeplab_axial import tasks
 from deeplab_axial.export import saved_model
@@ -114,8 +115,8 @@ def rehearse(experiment_config, *, strategy=None, model_dir=None, data_dir=None,
   """Rehearses a loaded config (module docstring); everything is built from this object.
 
   Args:
-    experiment_config: a loaded `ExperimentOptions`; pass a read-tracking proxy to find
-      fields nothing read.
+    experiment_config: a loaded `ExperimentOptions`. Its reads are tracked: a set field
+      that no stage read is a problem (`config_usage.check_all_read`).
     strategy: a `tf.distribute.Strategy` (default: the current one).
     model_dir: where the trainer would write (default: a temporary directory, removed);
       an existing checkpoint there is resumed, as a real run would.
@@ -137,12 +138,22 @@ def rehearse(experiment_config, *, strategy=None, model_dir=None, data_dir=None,
   strategy = strategy or tf.distribute.get_strategy()
   data_dir = data_dir or experiment.default_data_dir()
   log_fn = log_fn or _print
-  report = RehearsalReport(experiment_config.experiment_name,
-                           experiment_config.model.meta_architecture)
+  # Every stage reads the config through one tracker: a set field that no stage read is a
+  # setting the real run would silently ignore.
+  tracker = config_usage.ReadTracker()
+  plain_config = config_usage.unwrap(experiment_config)
+  tracked_config = tracker.wrap(plain_config)
+  report = RehearsalReport(plain_config.experiment_name,
+                           plain_config.model.meta_architecture)
   with tempfile.TemporaryDirectory(prefix="rehearsal_") as scratch, \
-      experiment.mixed_precision_policy(experiment_config):
-    _Rehearsal(experiment_config, strategy, model_dir or os.path.join(scratch, "model"),
+      experiment.mixed_precision_policy(tracked_config):
+    _Rehearsal(tracked_config, strategy, model_dir or os.path.join(scratch, "model"),
                data_dir, scratch, report, run_step, log_fn).run(count_multiply_adds)
+  if not report.problems:  # a failed stage leaves later stages' fields unread
+    try:
+      config_usage.check_all_read(plain_config, tracker, "rehearse (train, eval, export)")
+    except config_usage.UnreadConfigError as error:
+      report.problems.append(str(error))
   if on_finish is not None:
     on_finish(report)
   for line in report.summary_lines():

@@ -32,28 +32,14 @@ SHIPPED_CONFIGS = sorted(
 CI_CONFIGS = [p for p in SHIPPED_CONFIGS if p.startswith("configs/shapes/")] + [
     "configs/imagenet/axial_resnet_s_conv_stem.textproto"]
 DEMO = "configs/shapes/axial_deeplab_demo.textproto"
-# Tasks whose serving signature is not there yet (branch export16 adds them): rehearsal
-# reports exactly this problem for them. Remove an entry once its export exists.
-EXPORT_PENDING = {"semantic", "classification"}
-
-
 def _load(path, overrides=()):
   return config_lib.load_config(os.path.join(REPO, path), overrides)
 
 
 def _check_rehearsal(path, tmp_path, **kwargs):
-  """Rehearses a shipped config without data; the only tolerated problem is a pending
-  export, which must be exactly that one line."""
-  config = _load(path)
-  meta = config.model.meta_architecture
-  try:
-    report = rehearsal.rehearse(config, data_dir=str(tmp_path / "no_data"), **kwargs)
-  except rehearsal.RehearsalError as error:
-    if meta not in EXPORT_PENDING:
-      raise
-    assert str(error).endswith(f"failed: export: not available for {meta}"), str(error)
-    return None
-  assert meta not in EXPORT_PENDING, f"{meta} exports now: remove it from EXPORT_PENDING"
+  """Rehearses a shipped config without data: train, eval, export and the unread-field
+  check all pass."""
+  report = rehearsal.rehearse(_load(path), data_dir=str(tmp_path / "no_data"), **kwargs)
   assert report.problems == []
   return report
 
@@ -62,12 +48,11 @@ def _check_rehearsal(path, tmp_path, **kwargs):
 @pytest.mark.parametrize("path", CI_CONFIGS)
 def test_small_shipped_configs_trace_at_their_real_shapes(path, tmp_path):
   report = _check_rehearsal(path, tmp_path, run_step=False, count_multiply_adds=False)
-  if report is not None:
-    config = _load(path)
-    crop = list(config.dataset.crop_size)
-    assert report.traced[0] == (f"train step at [{config.train.batch_size}, {crop[0]}, "
-                                f"{crop[1]}, 3]")
-    assert any(t.startswith("export signatures") for t in report.traced)
+  config = _load(path)
+  crop = list(config.dataset.crop_size)
+  assert report.traced[0] == (f"train step at [{config.train.batch_size}, {crop[0]}, "
+                              f"{crop[1]}, 3]")
+  assert any(t.startswith("export signatures") for t in report.traced)
 
 
 @pytest.mark.slow
