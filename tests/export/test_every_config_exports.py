@@ -48,7 +48,9 @@ def test_every_task_has_a_shipped_config():
   assert metas == set(tasks.TASKS)
 
 
-@pytest.mark.slow
+# Every shipped config at full size: with the full rehearsal, on demand (README); CI
+# checks the shapes demos and the ImageNet S config through tests/training/test_rehearsal.py.
+@pytest.mark.full_rehearsal
 @pytest.mark.parametrize("path", _CONFIGS)
 def test_shipped_config_traces_both_serving_signatures(path):
   config = config_lib.load_config(os.path.join(_REPO, path))

@@ -40,7 +40,9 @@ def test_a_target_setting_of_a_semantic_model_is_named(tmp_path):
     config_check.check_config_is_read(config, data_dir=str(tmp_path))
 
 
-@pytest.mark.slow
+# Every shipped config at full size: with the full rehearsal, on demand (README); CI
+# checks the shapes demos and the ImageNet S config through tests/training/test_rehearsal.py.
+@pytest.mark.full_rehearsal
 @pytest.mark.parametrize("path", SHIPPED)
 def test_every_shipped_config_is_read_entirely(path, tmp_path):
   logging.set_verbosity(logging.WARNING)
