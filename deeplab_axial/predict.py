@@ -31,16 +31,17 @@ a `model.meta_architecture`):
   "class_names": [their names]}` (names when the dataset is known).
 """
 import glob
+import io
 import json
 import os
-import sys
-import time
 
 import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from deeplab_axial import progress as progress_lib
 from deeplab_axial import visualization
+from deeplab_axial.data import encoding
 from deeplab_axial.data import prediction_writers
 from deeplab_axial.export import saved_model
 
@@ -81,12 +82,7 @@ class SavedModelPredictor:
     if not fields:
       return None
     from deeplab_axial.data import datasets  # pylint: disable=import-outside-toplevel
-    fields = dict(fields)
-    for key in ("thing_class_ids", "class_names", "official_category_ids"):
-      fields[key] = tuple(fields[key])
-    if fields.get("eval_crop_size") is not None:
-      fields["eval_crop_size"] = tuple(fields["eval_crop_size"])
-    return datasets.DatasetInfo(**fields)
+    return datasets.dataset_info_from_dict(fields)
 
   def __call__(self, images):
     outputs = self._signature(images=tf.constant(images, tf.uint8))
@@ -163,39 +159,6 @@ def read_image(path):
 
 def _stem(path):
   return os.path.splitext(os.path.basename(path))[0]
-
-
-class _Progress:
-  """A one-line progress bar: done/total, percentage, images/s, elapsed and ETA."""
-
-  def __init__(self, total, stream=None, enabled=True):
-    self.total = total
-    self.done = 0
-    self.stream = stream or sys.stderr
-    self.enabled = enabled
-    self.start = time.monotonic()
-
-  def update(self, count=1):
-    self.done += count
-    if not self.enabled:
-      return
-    elapsed = time.monotonic() - self.start
-    rate = self.done / elapsed if elapsed > 0 else 0.0
-    eta = (self.total - self.done) / rate if rate > 0 else 0.0
-    width = 30
-    filled = int(width * self.done / max(self.total, 1))
-    self.stream.write(f"\rpredict [{'#' * filled}{'.' * (width - filled)}] "
-                      f"{self.done}/{self.total} ({100 * self.done // max(self.total, 1)}%) "
-                      f"{rate:.2f} img/s elapsed {_clock(elapsed)} ETA {_clock(eta)}")
-    if self.done >= self.total:
-      self.stream.write("\n")
-    self.stream.flush()
-
-
-def _clock(seconds):
-  minutes, seconds = divmod(int(round(seconds)), 60)
-  hours, minutes = divmod(minutes, 60)
-  return f"{hours}:{minutes:02d}:{seconds:02d}"
 
 
 def segments_info(panoptic, options, instance_panoptic_ids=None, instance_scores=None,
@@ -280,7 +243,7 @@ class _PanopticOutput:
 
   def write(self, stem, panoptic):
     if self.writer is None:
-      Image.fromarray(prediction_writers.id_to_rgb(panoptic)).save(
+      Image.fromarray(encoding.id_to_rgb(panoptic)).save(
           os.path.join(self.png_dir, stem + ".png"))
     elif self.output_format == "coco":
       self.writer.write(stem, panoptic)
@@ -424,7 +387,7 @@ def predict_images(predictor, inputs, output_dir, *, dataset_info=None,
     batch_size: images per predictor call (consecutive images of one size are batched).
     overlay_alpha: weight of the colouring in the overlays.
     skip_unreadable: skip (and list) unreadable images instead of raising.
-    progress: print a progress bar to stderr.
+    progress: print a progress bar (stdout).
 
   Returns:
     Dict `num_images` (written), `skipped` (paths) and the task's summary file:
@@ -446,7 +409,8 @@ def predict_images(predictor, inputs, output_dir, *, dataset_info=None,
   dataset_info = dataset_info or predictor.dataset_info()
   writer = _writer(predictor.task, output_dir, predictor.options, dataset_info,
                    output_format, overlay_alpha)
-  bar = _Progress(len(paths), enabled=progress)
+  bar = progress_lib.ProgressBar(len(paths), "predict", unit="img",
+                                 stream=None if progress else io.StringIO())
   written, skipped = 0, []
   for group, images in _batches(paths, batch_size, skip_unreadable, skipped):
     outputs = predictor(images)
@@ -456,6 +420,7 @@ def predict_images(predictor, inputs, output_dir, *, dataset_info=None,
     bar.update(len(group))
   if skipped:
     bar.update(len(skipped))
+  bar.close()
   return {"num_images": written, "skipped": skipped, **writer.close(skipped)}
 
 
