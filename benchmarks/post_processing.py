@@ -12,7 +12,6 @@ checks that the panoptic maps are identical.
 import argparse
 import os
 import statistics
-import sys
 import time
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")

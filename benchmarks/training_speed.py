@@ -96,16 +96,12 @@ def _build_model(label, span):
       num_classes=1000, **kwargs)
 
 
-def _backbone_child(label, size, batch, span, steps):
-  """Training img/s and memory of one backbone (runs in its own process)."""
-  import numpy as np  # pylint: disable=import-outside-toplevel
+def _classification_train_step(model, batch, size):
+  """A compiled SGD step of `model` on one fixed random batch (1000-class labels)."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   import tf_keras  # pylint: disable=import-outside-toplevel
-  tf_keras.utils.set_random_seed(0)
-  model = _build_model(label, span)
   optimizer = tf_keras.optimizers.SGD(0.01, momentum=0.9)
   optimizer.build(model.trainable_variables)
-  built = _peak_rss_bytes()
   images = tf.random.uniform([batch, size, size, 3])
   labels = tf.random.uniform([batch], 0, 1000, dtype=tf.int32)
 
@@ -117,6 +113,18 @@ def _backbone_child(label, size, batch, span, steps):
     optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables),
                                   model.trainable_variables))
     return loss
+
+  return train_step
+
+
+def _backbone_child(label, size, batch, span, steps):
+  """Training img/s and memory of one backbone (runs in its own process)."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  import tf_keras  # pylint: disable=import-outside-toplevel
+  tf_keras.utils.set_random_seed(0)
+  model = _build_model(label, span)
+  train_step = _classification_train_step(model, batch, size)
+  built = _peak_rss_bytes()
 
   train_step().numpy()  # trace and warm up
   times = []
@@ -187,24 +195,10 @@ def _layer_memory_child(kind, size, deeplab2_dir):
 
 def _memory_model_child(size, batch, span):
   """Predicted and measured training memory of Axial-ResNet-S (one process per size)."""
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  import tf_keras  # pylint: disable=import-outside-toplevel
   from deeplab_axial import memory_model  # pylint: disable=import-outside-toplevel
   model = _build_model("Axial-ResNet-S", span)
   predicted = memory_model.estimate_training_memory_bytes(model, batch, (size, size))
-  optimizer = tf_keras.optimizers.SGD(0.01, momentum=0.9)
-  optimizer.build(model.trainable_variables)
-  images = tf.random.uniform([batch, size, size, 3])
-  labels = tf.random.uniform([batch], 0, 1000, dtype=tf.int32)
-
-  @tf.function
-  def train_step():
-    with tf.GradientTape() as tape:
-      logits = model(images, training=True)
-      loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
-    optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables),
-                                  model.trainable_variables))
-    return loss
+  train_step = _classification_train_step(model, batch, size)
 
   return {"predicted": predicted, "measured": _first_step_memory_bytes(train_step)}
 

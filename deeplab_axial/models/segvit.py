@@ -15,7 +15,6 @@ Images go in as float `[batch, H, W, 3]` in [0, 255] and are normalized to [-1, 
 """
 from typing import Optional, Sequence, Tuple
 
-import tensorflow as tf
 import tf_keras
 
 from deeplab_axial.layers import segvit as segvit_layers

@@ -12,7 +12,6 @@ import tensorflow as tf
 
 from deeplab_axial import losses as losses_lib
 from deeplab_axial import metrics as metrics_lib
-from deeplab_axial import ops
 from deeplab_axial.data import pipeline
 from deeplab_axial.data import prediction_writers
 from deeplab_axial.tasks import base

@@ -35,6 +35,7 @@ import tensorflow as tf
 from deeplab_axial import config_usage
 from deeplab_axial import errors
 from deeplab_axial import tasks
+from deeplab_axial.export import from_config
 from deeplab_axial.export import saved_model
 from deeplab_axial.models import multiply_adds
 from deeplab_axial.training import evaluation
@@ -285,15 +286,22 @@ class _Rehearsal:
     self.report.multiply_adds = multiply_adds.count_multiply_adds(self.model, crop + (3,))
 
   def _export(self):
-    options = saved_model.serving_options_from_config(self.config, self.task.info)
-    try:
+    """Traces what trainer/export.py writes: both signatures, and the static-size variant
+    (`--with_preprocessing_crop`) when the config sets `export.crop_size` for it."""
+    info = self.task.info
+    variants = [("", saved_model.serving_options_from_config(self.config, info))]
+    if self.config.export.crop_size:
+      static = from_config.static_size_from_config(self.config, info)
+      variants.append((f" (static {static[0]}x{static[1]})",
+                       saved_model.serving_options_from_config(self.config, info,
+                                                               static_size=static)))
+    for suffix, options in variants:
       module = self.task.serving_module(self.model, options)
-    except NotImplementedError:
-      raise RehearsalError(f"export: not available for "
-                           f"{self.config.model.meta_architecture}") from None
-    self.log("tracing export signatures")
-    names = sorted(module.signatures())
-    self.report.traced.append(f"export signatures {', '.join(names)}")
+      self.log(f"tracing export signatures{suffix}")
+      names = sorted(module.signatures())
+      self.report.traced.append(f"export signatures{suffix} {', '.join(names)}")
+    version = from_config.configured_version(self.config)
+    self.report.notes.append(f"export version: {version or 'the next free one'}")
 
   # Inputs --------------------------------------------------------------------------
   def _input_context(self):
