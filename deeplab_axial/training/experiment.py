@@ -181,8 +181,6 @@ class _Experiment:
     self.settings = RunSettings.from_config(experiment_config)
     self.model_dir = model_dir
     self.strategy = strategy
-    logging.info("experiment %s (%s)", experiment_config.experiment_name or "<unnamed>",
-                 experiment_config.model.meta_architecture)
     if task is None:
       info, train_patterns, eval_patterns = resolve_file_patterns(experiment_config, data_dir)
       task = tasks.create_task(experiment_config, info, train_patterns, eval_patterns)
@@ -302,6 +300,8 @@ class _Experiment:
 
   # ------------------------------------------------------------------------------ modes
   def run(self, mode):
+    logging.info("experiment %s (%s): %s", self.config.experiment_name or "<unnamed>",
+                 self.config.model.meta_architecture, mode)
     _ensure_demo_data(self.task.info, self.task.train_patterns + self.task.eval_patterns)
     return getattr(self, f"_run_{mode}")()
 

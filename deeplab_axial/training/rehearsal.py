@@ -144,8 +144,8 @@ def rehearse(experiment_config, *, strategy=None, model_dir=None, data_dir=None,
   tracker = config_usage.ReadTracker()
   plain_config = config_usage.unwrap(experiment_config)
   tracked_config = tracker.wrap(plain_config)
-  report = RehearsalReport(plain_config.experiment_name,
-                           plain_config.model.meta_architecture)
+  report = RehearsalReport(tracked_config.experiment_name,
+                           tracked_config.model.meta_architecture)
   with tempfile.TemporaryDirectory(prefix="rehearsal_") as scratch, \
       experiment.mixed_precision_policy(tracked_config):
     _Rehearsal(tracked_config, strategy, model_dir or os.path.join(scratch, "model"),
