@@ -88,7 +88,7 @@ def test_predict_cli_on_a_folder(exported, loaded, image_folder, shapes_info, tm
   assert completed.returncode == 0, completed.stderr[-3000:]
   assert "wrote 3 predictions" in completed.stdout
   assert "broken.png" in completed.stderr
-  assert "3/4 (75%)" in completed.stderr or "4/4 (100%)" in completed.stderr
+  assert "predict: 4/4 (100.0%)" in completed.stdout  # the progress bar (stdout)
   _check_generic_outputs(str(output_dir), images, loaded, shapes_info)
 
 
