@@ -61,6 +61,16 @@ def _mean_iou(labels, predictions, num_classes, ignore_label):
   return float(np.mean(true_positive[present] / union[present]))
 
 
+def _train_evaluate_and_export(config, root):
+  """(eval metrics, ExportResult) of `config` trained on the tiny stand-in backbone."""
+  model_dir = str(root / "model")
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(builder, "build_backbone", _tiny_backbone)
+    evaluated = _train_and_evaluate(config, model_dir)
+    exported = from_config.export_from_config(config, model_dir, str(root / "export"))
+  return evaluated, exported
+
+
 @pytest.fixture(scope="module")
 def trained_danet(tmp_path_factory):
   root = tmp_path_factory.mktemp("danet")
@@ -71,12 +81,7 @@ def trained_danet(tmp_path_factory):
       os.path.join(_REPO, "configs", "shapes", "danet_demo.textproto"),
       _schedule(records) + ["dataset.crop_size: [33, 33]",
                             "model.context_head.danet.inter_channels: 8"])
-  model_dir = str(root / "model")
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(builder, "build_backbone", _tiny_backbone)
-    evaluated = _train_and_evaluate(config, model_dir)
-    exported = from_config.export_from_config(config, model_dir, str(root / "export"))
-  return records, evaluated, exported
+  return (records, *_train_evaluate_and_export(config, root))
 
 
 @pytest.mark.slow
@@ -132,12 +137,7 @@ def trained_classifier(tmp_path_factory):
       _schedule({"train": f"{records}/train-*", "val": f"{records}/val-*"}) + [
           "dataset.crop_size: [16, 16]", "eval.resize_size: 20", "eval.batch_size: 4",
           "dataset.shuffle_buffer_size: 8", "model.backbone.output_stride: 32"])
-  model_dir = str(root / "model")
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(builder, "build_backbone", _tiny_backbone)
-    evaluated = _train_and_evaluate(config, model_dir)
-    exported = from_config.export_from_config(config, model_dir, str(root / "export"))
-  return records, evaluated, exported
+  return (records, *_train_evaluate_and_export(config, root))
 
 
 @pytest.mark.slow
