@@ -6,7 +6,7 @@ exactly the model the trainer evaluated: same architecture, same post-processing
 (`eval` section), same padding rule.
 """
 import dataclasses
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 from deeplab_axial import checkpoints
 from deeplab_axial import config as config_lib
@@ -77,6 +77,21 @@ def static_size_from_config(config, dataset_info) -> Tuple[int, int]:
 def configured_version(config) -> Optional[int]:
   """`export.version` when the config sets it, else None (the next free version)."""
   return config.export.version if config.export.HasField("version") else None
+
+
+def serving_variants(config, dataset_info) -> List[Tuple[Optional[Tuple[int, int]],
+                                                        saved_model.ServingOptions]]:
+  """[(static_size or None, ServingOptions)] of every SavedModel the config's export makes.
+
+  The dynamic-size export always; the static variant (`--with_preprocessing_crop`) too
+  when the config sets `export.crop_size` for it. Rehearsal traces each of them.
+  """
+  variants = [(None, saved_model.serving_options_from_config(config, dataset_info))]
+  if config.export.crop_size:
+    static = static_size_from_config(config, dataset_info)
+    variants.append((static, saved_model.serving_options_from_config(
+        config, dataset_info, static_size=static)))
+  return variants
 
 
 def export_from_config(config, checkpoint, output_dir, *, version=None, overwrite=False,

@@ -17,9 +17,7 @@ import tempfile
 import tensorflow as tf
 
 from deeplab_axial import config_usage
-from deeplab_axial import tasks
 from deeplab_axial.export import from_config
-from deeplab_axial.export import saved_model
 from deeplab_axial.training import experiment
 
 # The union of the modes a rehearsal exercises; the check is against all of them.
@@ -54,16 +52,9 @@ def read_like_a_run(config, *, data_dir=None, strategy=None) -> config_usage.Rea
     task.eval_dataset()
     with strategy.scope():
       task.create_evaluator(run.model)
-    if isinstance(task, tasks.PanopticTask):  # the exportable task
-      _read_export_settings(tracked, task.info)
+    from_config.serving_variants(tracked, task.info)
+    from_config.configured_version(tracked)
   return tracker
-
-
-def _read_export_settings(tracked, dataset_info):
-  static_size = (from_config.static_size_from_config(tracked, dataset_info)
-                 if tracked.export.crop_size else None)
-  saved_model.serving_options_from_config(tracked, dataset_info, static_size=static_size)
-  from_config.configured_version(tracked)
 
 
 def check_config_is_read(config, *, data_dir=None, strategy=None) -> None:

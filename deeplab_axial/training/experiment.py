@@ -178,6 +178,7 @@ class _Experiment:
   def __init__(self, experiment_config, model_dir, strategy, data_dir, *, task=None,
                train_dataset_fn=None):
     self.config = experiment_config
+    self.name = experiment_config.experiment_name or "<unnamed>"
     self.settings = RunSettings.from_config(experiment_config)
     self.model_dir = model_dir
     self.strategy = strategy
@@ -300,7 +301,7 @@ class _Experiment:
 
   # ------------------------------------------------------------------------------ modes
   def run(self, mode):
-    logging.info("experiment %s (%s): %s", self.config.experiment_name or "<unnamed>",
+    logging.info("experiment %s (%s): %s", self.name,
                  self.config.model.meta_architecture, mode)
     _ensure_demo_data(self.task.info, self.task.train_patterns + self.task.eval_patterns)
     return getattr(self, f"_run_{mode}")()

@@ -36,7 +36,6 @@ from deeplab_axial import config_usage
 from deeplab_axial import errors
 from deeplab_axial import tasks
 from deeplab_axial.export import from_config
-from deeplab_axial.export import saved_model
 from deeplab_axial.models import multiply_adds
 from deeplab_axial.training import evaluation
 from deeplab_axial.training import experiment
@@ -288,14 +287,8 @@ class _Rehearsal:
   def _export(self):
     """Traces what trainer/export.py writes: both signatures, and the static-size variant
     (`--with_preprocessing_crop`) when the config sets `export.crop_size` for it."""
-    info = self.task.info
-    variants = [("", saved_model.serving_options_from_config(self.config, info))]
-    if self.config.export.crop_size:
-      static = from_config.static_size_from_config(self.config, info)
-      variants.append((f" (static {static[0]}x{static[1]})",
-                       saved_model.serving_options_from_config(self.config, info,
-                                                               static_size=static)))
-    for suffix, options in variants:
+    for static, options in from_config.serving_variants(self.config, self.task.info):
+      suffix = f" (static {static[0]}x{static[1]})" if static else ""
       module = self.task.serving_module(self.model, options)
       self.log(f"tracing export signatures{suffix}")
       names = sorted(module.signatures())
