@@ -2,7 +2,9 @@
 
 Each test runs experiments in a 2-worker cluster (`TF_CONFIG` on loopback, one CPU replica
 per worker), then evaluates the chief's checkpoint in this process with one replica and
-compares every metric. The val split (5 images) is not a multiple of the global eval batch
+compares every metric. The panoptic model is first trained here on one replica until its
+PQ and AP are above 0 (equal zeros would prove nothing); the workers resume that
+checkpoint (1 replica -> 2 workers), train 2 more steps and evaluate. The val split (5 images) is not a multiple of the global eval batch
 (4 = 2 per worker), so the last batch holds one real image on worker 0 and none on worker
 1: `num_images` (counted on the replicas from `valid`, summed over workers) must be 5.
 
@@ -28,6 +30,10 @@ _CROP = 33
 _NUM_VAL = 5
 _WORKERS = 2
 _WORKER_TIMEOUT_S = 1200  # A guard against hangs; the loaded CI machine needs minutes.
+# One-replica training before the workers resume: enough for PQ and AP above 0 on the
+# 5 val images (momentum 0.9 lets the BN moving statistics follow in so few steps).
+_PRETRAIN_STEPS = 100
+_PRETRAIN_OVERRIDES = ("model.batch_norm_momentum: 0.9", "solver.learning_rate: 0.003")
 
 
 @pytest.fixture(scope="module")
@@ -38,15 +44,15 @@ def shapes_records(tmp_path_factory):
                                         num_val=_NUM_VAL)
 
 
-def _demo_config_text(records, overrides=()):
-  """The shapes demo config shrunk to 33x33 crops and 2 steps, as textproto."""
+def _demo_config_text(records, overrides=(), steps=2):
+  """The shapes demo config shrunk to 33x33 crops and `steps` steps, as textproto."""
   from deeplab_axial import config as config_lib  # pylint: disable=import-outside-toplevel
   config = config_lib.load_config(_DEMO_CONFIG, [
       f"dataset.train_file_pattern: ['{records['train']}']",
       f"dataset.eval_file_pattern: ['{records['val']}']",
       f"dataset.crop_size: [{_CROP}, {_CROP}]", f"eval.crop_size: [{_CROP}, {_CROP}]",
       f"export.crop_size: [{_CROP}, {_CROP}]", "dataset.shuffle_buffer_size: 8",
-      "train.batch_size: 2", "train.steps: 2", "train.steps_per_loop: 1",
+      "train.batch_size: 2", f"train.steps: {steps}", "train.steps_per_loop: 1",
       "train.checkpoint_interval: 2", "solver.warmup_steps: 0", "eval.interval: 2",
       # Global eval batch 4: 2 per worker with 2 workers, 4 on the single replica.
       f"eval.batch_size: {2 * _WORKERS}", *overrides])
@@ -94,31 +100,46 @@ def _files_under(directory):
                 for root, _, names in os.walk(directory) for name in names)
 
 
+def _pretrain_on_one_replica(records, model_dir):
+  """Trains `_PRETRAIN_STEPS` steps on one replica, leaving the checkpoint in model_dir."""
+  from deeplab_axial import config as config_lib  # pylint: disable=import-outside-toplevel
+  from deeplab_axial.training import experiment  # pylint: disable=import-outside-toplevel
+  config = config_lib.parse_config(_demo_config_text(
+      records, [*_PRETRAIN_OVERRIDES, "train.steps_per_loop: 25",
+                f"train.checkpoint_interval: {_PRETRAIN_STEPS}"], steps=_PRETRAIN_STEPS))
+  experiment.run_experiment(config, "train", str(model_dir),
+                            strategy=tf.distribute.OneDeviceStrategy("/cpu:0"))
+
+
 @pytest.mark.slow
 def test_panoptic_pq_miou_ap_and_predictions_on_two_workers_equal_one_worker(
     shapes_records, tmp_path):
   from deeplab_axial.training import experiment  # pylint: disable=import-outside-toplevel
-  config_text = _demo_config_text(shapes_records, [
-      "eval.metrics: ['pq', 'miou', 'ap']", "eval.save_predictions: true"])
   model_dir = tmp_path / "model"
+  _pretrain_on_one_replica(shapes_records, model_dir)
+  final_step = _PRETRAIN_STEPS + 2
+  config_text = _demo_config_text(shapes_records, [
+      *_PRETRAIN_OVERRIDES, "eval.metrics: ['pq', 'miou', 'ap']",
+      "eval.save_predictions: true"], steps=final_step)
   workers, logs = _run_workers(tmp_path, [{"name": "panoptic", "config": config_text,
                                            "mode": "train_and_eval",
                                            "model_dir": str(model_dir)}])
   expected, reference_dir = _evaluate_on_one_worker(config_text, model_dir,
                                                     tmp_path / "reference")
 
+  assert expected["pq"] > 0 and expected["ap"] > 0 and expected["miou"] > 0, expected
   assert expected["num_images"] == _NUM_VAL
   assert {"pq", "miou", "ap", "ap50"} <= set(expected)
   for index, results in enumerate(workers):
     _assert_same_metrics(results["panoptic"], expected, f"worker {index}")
   with open(model_dir / experiment.METRICS_FILE) as f:
-    _assert_same_metrics(json.load(f)["2"], expected, "eval_metrics.json")
+    _assert_same_metrics(json.load(f)[str(final_step)], expected, "eval_metrics.json")
 
   # Only the chief wrote predictions, one per image, the same as the single worker's.
   assert f"wrote {_NUM_VAL} predictions" in logs[0]
   assert "predictions to" not in logs[1]
-  chief_dir = model_dir / experiment.PREDICTIONS_DIR / "step_2"
-  single_dir = reference_dir / experiment.PREDICTIONS_DIR / "step_2"
+  chief_dir = model_dir / experiment.PREDICTIONS_DIR / f"step_{final_step}"
+  single_dir = reference_dir / experiment.PREDICTIONS_DIR / f"step_{final_step}"
   files = _files_under(single_dir)
   assert len([f for f in files if f.endswith(".png")]) == _NUM_VAL
   assert _files_under(chief_dir) == files
