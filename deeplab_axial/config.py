@@ -135,6 +135,12 @@ def parse_config(text: str, source: str = "<string>",
   return config
 
 
+def field_value(config: ExperimentOptions, path: str):
+  """The value of the field at dotted `path` (e.g. "solver.lookahead.enable")."""
+  message, name = _resolve(config, path)
+  return getattr(message, name)
+
+
 def config_to_text(config: ExperimentOptions) -> str:
   """Text-format `config`, with the proto-file header; `parse_config` reads it back."""
   return _HEADER + text_format.MessageToString(config_usage.unwrap(config))

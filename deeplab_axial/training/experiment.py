@@ -39,6 +39,12 @@ TRAINING_MODES = ("train", "eval", "train_and_eval", "continuous_eval")
 REHEARSE = "rehearse"
 MODES = TRAINING_MODES + (REHEARSE,)
 PREDICTIONS_DIR = "eval_predictions"
+# The config a model_dir was last run with (written by `run_experiment`).
+CONFIG_FILE = "config.textproto"
+# Fields that decide which state variables the optimizer has: a checkpoint trained with
+# other values holds no state this optimizer can resume (Adam's moments are not SGD's
+# momentum), and TF would restore it partially without a word.
+OPTIMIZER_STATE_FIELDS = ("solver.optimizer", "solver.lookahead.enable")
 
 
 def run_from_flags(*, config_file, mode, model_dir, overrides=(), num_gpus=0,
@@ -87,11 +93,45 @@ def run_experiment(experiment_config, mode, model_dir, strategy=None, data_dir=N
   strategy = strategy or tf.distribute.get_strategy()
   data_dir = data_dir or default_data_dir()
   tf.io.gfile.makedirs(model_dir)
-  if distribution.is_chief(strategy):
-    with tf.io.gfile.GFile(os.path.join(model_dir, "config.textproto"), "w") as f:
+  trains = mode in ("train", "train_and_eval")
+  if trains:
+    check_optimizer_state_resumable(experiment_config, model_dir)
+  config_path = os.path.join(model_dir, CONFIG_FILE)
+  # The record is of the training config: an evaluation job beside it keeps it.
+  if distribution.is_chief(strategy) and (trains or not tf.io.gfile.exists(config_path)):
+    with tf.io.gfile.GFile(config_path, "w") as f:
       f.write(config_lib.config_to_text(experiment_config))
   with mixed_precision_policy(experiment_config):
     return _Experiment(experiment_config, model_dir, strategy, data_dir).run(mode)
+
+
+def check_optimizer_state_resumable(experiment_config, model_dir):
+  """Refuses to resume a checkpoint in `model_dir` trained with another kind of optimizer.
+
+  Compares `OPTIMIZER_STATE_FIELDS` with the config `model_dir` was last run with
+  (`CONFIG_FILE`). A changed `solver.backbone_learning_rate_multiplier` is fine: the
+  trainer maps the optimizer state between one and two groups.
+
+  Raises:
+    ValueError: naming each changed field, its old and new value, and what to do instead.
+  """
+  previous_path = os.path.join(model_dir, CONFIG_FILE)
+  if not (tf.train.latest_checkpoint(model_dir) and tf.io.gfile.exists(previous_path)):
+    return
+  with tf.io.gfile.GFile(previous_path) as f:
+    previous = config_lib.parse_config(f.read(), source=previous_path)
+  changed = []
+  for path in OPTIMIZER_STATE_FIELDS:
+    old, new = (config_lib.field_value(c, path) for c in (previous, experiment_config))
+    if old != new:
+      changed.append(f"{path} was {old!r}, now {new!r}")
+  if changed:
+    raise ValueError(
+        f"--model_dir={model_dir} holds a checkpoint trained with another optimizer "
+        f"({'; '.join(changed)}; see {previous_path}): its optimizer state cannot be "
+        "resumed. Keep the old setting, or train in a new --model_dir with "
+        f"train.initial_checkpoint: '{tf.train.latest_checkpoint(model_dir)}' (weights "
+        "only)")
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ tiny classification run take 20-90 s on the shared 2-core machine and are marked
 """
 import json
 import os
+import re
 
 import numpy as np
 from PIL import Image
@@ -254,3 +255,23 @@ def test_classification_on_resnet50_from_the_imagenet_config(tmp_path):
       "eval.batch_size: 2", "eval.resize_size: 36"])
   results = experiment.run_experiment(config, "train_and_eval", str(tmp_path / "model"))
   assert 0.0 <= results["top1"] <= results["top5"] <= 1.0
+
+
+@pytest.mark.parametrize("override, field", [
+    ("solver.optimizer: 'sgd'", "solver.optimizer was 'adam', now 'sgd'"),
+    ("solver.lookahead { enable: true }", "solver.lookahead.enable was False, now True")])
+def test_resuming_with_another_kind_of_optimizer_fails_naming_the_field(
+    tiny_backbone, shapes_records, tmp_path, override, field):
+  del tiny_backbone
+  model_dir = str(tmp_path / "model")
+  experiment.run_experiment(_config(shapes_records, _panoptic_model(), ["train.steps: 1"]),
+                            "train", model_dir)
+  changed = _config(shapes_records, _panoptic_model(), [override])
+  with pytest.raises(ValueError, match=re.escape(field)) as error:
+    experiment.run_experiment(changed, "train", model_dir)
+  assert "train.initial_checkpoint: '" in str(error.value)
+  # Evaluating reads no optimizer state: the model_dir still evaluates, and neither the
+  # refused run nor the evaluation replaced the record of the training config.
+  assert "pq" in experiment.run_experiment(changed, "eval", model_dir)
+  with open(os.path.join(model_dir, experiment.CONFIG_FILE)) as f:
+    assert config_lib.parse_config(f.read()).solver.optimizer == "adam"
