@@ -22,4 +22,5 @@ run_pytest() {
 echo "== fast tests =="
 run_pytest -q -n 2 --dist loadfile --durations=15 -m "not slow and not full_rehearsal" "$@"
 echo "== slow tests =="
-run_pytest -q -n 2 --dist loadfile --durations=40 -m "slow and not full_rehearsal" "$@"
+# One process per test file (scripts/run_test_files.py says why), two at a time.
+"$VENV/bin/python" scripts/run_test_files.py --jobs 2 -m "slow and not full_rehearsal" "$@"
