@@ -137,9 +137,11 @@ class SimilarityBatchNormalization(tf_keras.layers.Layer):
   scaling q and k before its einsums, so the normalized terms are never materialised.
   Statistics are over the valid (query, key) pairs of every sequence, per (term, head),
   biased variance; the caller provides their sums (`_similarity_sums`).
-  `update_statistics = False` keeps batch statistics in training but leaves the moving
-  ones alone (the pause of `deeplab_axial.layers.recompute`).
+  Inside `recompute.statistics_paused()` training uses the batch statistics but leaves
+  the moving ones alone (a recomputed backward pass, `deeplab_axial.layers.recompute`).
   """
+
+  pauses_in_recomputation = True
 
   def __init__(self, num_heads, momentum=0.9, epsilon=1e-5, synchronized=False,
                **kwargs):
@@ -148,7 +150,6 @@ class SimilarityBatchNormalization(tf_keras.layers.Layer):
     self.momentum = momentum
     self.epsilon = epsilon
     self.synchronized = synchronized
-    self.update_statistics = True
 
   def build(self, input_shape):
     shape = (3, self.num_heads)
@@ -178,7 +179,7 @@ class SimilarityBatchNormalization(tf_keras.layers.Layer):
     mean = total / count
     # E[x^2] - E[x]^2 >= 0 up to rounding, which must not reach the square root.
     variance = tf.maximum(squares / count - tf.square(mean), 0.0)
-    if not self.update_statistics:
+    if recompute.statistics_updates_paused():
       return mean, variance
     self.moving_mean.assign(self.momentum * self.moving_mean + (1.0 - self.momentum) * mean)
     self.moving_variance.assign(self.momentum * self.moving_variance

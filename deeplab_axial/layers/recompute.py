@@ -9,38 +9,65 @@ compute.
 
 Batch norm: the recomputation runs in training mode (it must reproduce the forward pass,
 so it normalizes with the same batch statistics) but must not move the moving
-statistics a second time. Every layer with moving statistics inside the recomputed
-layer therefore has a boolean attribute `update_statistics` (`PausableBatchNormalization`
-below, `axial_attention.SimilarityBatchNormalization`) that `statistics_paused` sets to
-False while the backward pass recomputes; the forward pass updates them as usual, so a
-step with recomputation leaves exactly the statistics of a step without.
+statistics a second time. Layers with moving statistics that may sit in a recomputed
+layer (`PausableBatchNormalization` below, `axial_attention.SimilarityBatchNormalization`)
+skip their updates while `statistics_updates_paused()` is true, i.e. inside
+`statistics_paused()`, which the backward pass enters to recompute; the forward pass
+updates them as usual, so a step with recomputation leaves exactly the statistics of a
+step without. The pause is per thread, not a layer attribute: `MirroredStrategy` traces
+its replicas in parallel threads over the same layers, and one replica's recomputation
+must not pause another replica's forward pass.
 """
 import contextlib
+import threading
 
 import tensorflow as tf
 import tf_keras
 
-# The attribute of a layer with moving statistics that turns their updates on and off.
-UPDATE_SWITCH = "update_statistics"
+# Marks a layer class whose moving-statistics updates obey `statistics_paused`.
+PAUSABLE_MARK = "pauses_in_recomputation"
+
+
+class _PauseDepth(threading.local):
+  """How many `statistics_paused` blocks the current thread is inside."""
+
+  def __init__(self):
+    super().__init__()
+    self.depth = 0
+
+
+_PAUSE = _PauseDepth()
+
+
+def statistics_updates_paused():
+  """True inside `statistics_paused` on this thread: skip moving-statistics updates."""
+  return _PAUSE.depth > 0
+
+
+@contextlib.contextmanager
+def statistics_paused():
+  """Within the block (this thread) pausable layers keep their moving statistics."""
+  _PAUSE.depth += 1
+  try:
+    yield
+  finally:
+    _PAUSE.depth -= 1
 
 
 @tf_keras.saving.register_keras_serializable(package="deeplab_axial")
 class PausableBatchNormalization(tf_keras.layers.BatchNormalization):
   """`tf_keras.layers.BatchNormalization` whose moving-statistics updates can be paused.
 
-  With `update_statistics = False` (set by `statistics_paused`, a runtime switch, not
-  configuration) training mode still normalizes with the batch statistics but leaves
-  the moving mean and variance alone. Same arguments, variables and variable names as
-  the Keras layer, so checkpoints of either load into the other.
+  Inside `statistics_paused()` training mode still normalizes with the batch statistics
+  but leaves the moving mean and variance alone. Same arguments, variables and variable
+  names as the Keras layer, so checkpoints of either load into the other.
   """
 
-  def __init__(self, *args, **kwargs):
-    super().__init__(*args, **kwargs)
-    self.update_statistics = True
+  pauses_in_recomputation = True
 
   def add_update(self, updates):
     # tf_keras batch normalization adds nothing but its moving mean/variance updates.
-    if self.update_statistics:
+    if not statistics_updates_paused():
       super().add_update(updates)
 
 
@@ -51,31 +78,15 @@ def _statistics_layers(layer):
           and hasattr(module, "moving_mean")]
 
 
-@contextlib.contextmanager
-def statistics_paused(layer):
-  """Inside the block no layer within `layer` updates its moving statistics.
-
-  Args:
-    layer: a built Keras layer.
-
-  Raises:
-    ValueError: a layer inside `layer` has moving statistics but no `update_statistics`
-      switch (its updates could not be paused, so recomputation would apply them twice).
-  """
-  layers = _statistics_layers(layer)
-  fixed = [inner.name for inner in layers if not hasattr(inner, UPDATE_SWITCH)]
+def check_pausable(layer):
+  """Raises ValueError when a layer inside `layer` would update its moving statistics
+  again in a recomputation (it lacks the `pauses_in_recomputation` mark)."""
+  fixed = [inner.name for inner in _statistics_layers(layer)
+           if not getattr(inner, PAUSABLE_MARK, False)]
   if fixed:
     raise ValueError(f"layer {layer.name!r} cannot be recomputed: {', '.join(fixed)} "
-                     f"update moving statistics without an `{UPDATE_SWITCH}` switch "
-                     "(use recompute.PausableBatchNormalization)")
-  previous = [getattr(inner, UPDATE_SWITCH) for inner in layers]
-  for inner in layers:
-    setattr(inner, UPDATE_SWITCH, False)
-  try:
-    yield
-  finally:
-    for inner, value in zip(layers, previous):
-      setattr(inner, UPDATE_SWITCH, value)
+                     "update moving statistics that a recomputation cannot pause (use "
+                     "recompute.PausableBatchNormalization)")
 
 
 def recompute_grad(layer, forward, inputs):
@@ -91,6 +102,7 @@ def recompute_grad(layer, forward, inputs):
   Returns:
     `forward(inputs)`.
   """
+  check_pausable(layer)
   calls = []
 
   def run(tensor):
@@ -100,11 +112,11 @@ def recompute_grad(layer, forward, inputs):
     calls.append(first)
     if first:
       return forward(tensor)
-    with statistics_paused(layer):
+    with statistics_paused():
       return forward(tensor)
 
   return tf.recompute_grad(run)(inputs)
 
 
-__all__ = ["PausableBatchNormalization", "UPDATE_SWITCH", "recompute_grad",
-           "statistics_paused"]
+__all__ = ["PAUSABLE_MARK", "PausableBatchNormalization", "check_pausable",
+           "recompute_grad", "statistics_paused", "statistics_updates_paused"]
