@@ -45,14 +45,14 @@ import time
 _DEEPLAB2_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir,
                              os.pardir, "shared", "reference", "deeplab2")
 _MODELS = {
-    "ResNet-50": ("deeplab_axial.models.resnet", "resnet50", {}),
-    "Axial-ResNet-S": ("deeplab_axial.models.axial_resnet", "axial_resnet",
+    "ResNet-50": ("deeplab_axial.models", "resnet50", {}),
+    "Axial-ResNet-S": ("deeplab_axial.models", "axial_resnet",
                        {"name": "axial_resnet_s"}),
-    "Axial-ResNet-M": ("deeplab_axial.models.axial_resnet", "axial_resnet",
+    "Axial-ResNet-M": ("deeplab_axial.models", "axial_resnet",
                        {"name": "axial_resnet_m"}),
-    "Axial-ResNet-L": ("deeplab_axial.models.axial_resnet", "axial_resnet",
+    "Axial-ResNet-L": ("deeplab_axial.models", "axial_resnet",
                        {"name": "axial_resnet_l"}),
-    "Axial-ResNet-S recompute": ("deeplab_axial.models.axial_resnet", "axial_resnet",
+    "Axial-ResNet-S recompute": ("deeplab_axial.models", "axial_resnet",
                                  {"name": "axial_resnet_s", "recompute": True}),
 }
 _LAYER_CHANNELS = 64
