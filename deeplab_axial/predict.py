@@ -67,10 +67,7 @@ class SavedModelPredictor:
     if "serving_options" not in self.metadata:
       raise ValueError(f"{self.export_dir} has no {saved_model.METADATA_FILE}; it was not "
                        f"written by deeplab_axial.export.export_saved_model")
-    fields = dict(self.metadata["serving_options"])
-    if fields.get("static_size"):
-      fields["static_size"] = tuple(fields["static_size"])
-    self.options = saved_model.ServingOptions(**fields)
+    self.options = saved_model.ServingOptions.from_json(self.metadata["serving_options"])
     # Exports written before the metadata recorded the task were all panoptic.
     self.task = self.metadata.get("task", PANOPTIC)
     self._signature = tf.saved_model.load(self.export_dir).signatures[
@@ -167,7 +164,7 @@ def segments_info(panoptic, options, instance_panoptic_ids=None, instance_scores
 
   Args:
     panoptic: int `[height, width]` panoptic map.
-    options: the `ServingOptions` (label_divisor, ignore_label, thing_class_ids).
+    options: the `PostProcessingOptions` (label_divisor, ignore_label, thing_class_ids).
     instance_panoptic_ids, instance_scores: `[K]` slot ids and scores (for thing scores).
     semantic_probs: optional float `[height, width, classes]` (for stuff scores).
     class_names: optional names indexed by train id.
@@ -363,7 +360,8 @@ def _writer(task, output_dir, options, dataset_info, output_format, overlay_alph
     raise ValueError(f"cannot write predictions of task {task!r}; expected one of "
                      f"{[PANOPTIC, SEMANTIC, CLASSIFICATION]}")
   if task == PANOPTIC:
-    return _PanopticWriter(output_dir, options, dataset_info, output_format, overlay_alpha)
+    return _PanopticWriter(output_dir, options.post_processing, dataset_info, output_format,
+                           overlay_alpha)
   if output_format != "generic":
     raise ValueError(f"output_format={output_format!r} is for panoptic models; a {task} "
                      f"model writes the generic outputs only")

@@ -20,6 +20,6 @@ run_pytest() {
 }
 
 echo "== fast tests =="
-run_pytest -q --durations=15 -m "not slow and not full_rehearsal" "$@"
+run_pytest -q -n 2 --dist loadfile --durations=15 -m "not slow and not full_rehearsal" "$@"
 echo "== slow tests =="
-run_pytest -q --durations=40 -m "slow and not full_rehearsal" "$@"
+run_pytest -q -n 2 --dist loadfile --durations=40 -m "slow and not full_rehearsal" "$@"

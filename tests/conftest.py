@@ -1,4 +1,5 @@
 """Shared pytest setup: legacy Keras, two logical CPU devices, deterministic seeds."""
+import gc
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -23,6 +24,15 @@ def _seed_everything():
   np.random.seed(0)
   tf.random.set_seed(0)
   yield
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_keras_state():
+  """Drops Keras' global state and collects garbage after each test module, so that one
+  process running many model-building modules does not keep their graphs alive."""
+  yield
+  tf_keras.backend.clear_session()
+  gc.collect()
 
 
 @pytest.fixture(scope="session")

@@ -98,7 +98,7 @@ def serving_options(*, dataset_info=None, thing_class_ids=None, label_divisor=No
         **{key: value for key, value in explicit.items() if value is not None})
   else:
     post_processing = tasks.resolve_post_processing(dataset_info, **explicit)
-  return ServingOptions.create(post_processing, **kwargs)
+  return ServingOptions(post_processing, **kwargs)
 
 
 def export_saved_model(model, output_dir, *, version=None, overwrite=False,
@@ -215,7 +215,7 @@ def serving_options_from_config(config, dataset_info, *, static_size=None,
     static_size: (height, width) for the static-shape variant, or None.
     **overrides: further ServingOptions (serving) fields.
   """
-  return ServingOptions.create(
+  return ServingOptions(
       tasks.post_processing_from_config(config, dataset_info),
       size_multiple=max(32, config.model.backbone.output_stride),
       static_size=tuple(static_size) if static_size else None, **overrides)

@@ -191,7 +191,7 @@ class PanopticServingModule(serving.ServingModule):
     return outputs
 
   def _void_values(self):
-    options = self._options
+    options = self._options.post_processing
     return {"panoptic": options.ignore_label * options.label_divisor,
             "semantic": options.ignore_label, "instance": 0, "center_heatmap": 0.0,
             "semantic_probs": 0.0}

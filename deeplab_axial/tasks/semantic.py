@@ -190,7 +190,7 @@ class SemanticServingModule(serving.ServingModule):
     return outputs
 
   def _void_values(self):
-    return {"semantic": self._options.ignore_label, "semantic_probs": 0.0, "boundary": 0.0}
+    return {"semantic": self._options.post_processing.ignore_label, "semantic_probs": 0.0, "boundary": 0.0}
 
 
 __all__ = ["BOUNDARY_TOLERANCE_PX", "SemanticEvaluator", "SemanticServingModule",

@@ -30,25 +30,15 @@ class ServingOptions:
   """Everything the serving graph needs besides the model.
 
   Attributes:
-    thing_class_ids: semantic ids of the thing classes.
-    label_divisor: panoptic = semantic * label_divisor + instance; must exceed top_k.
-    ignore_label: void semantic id.
-    center_threshold, nms_kernel, top_k, stuff_area, thing_area: `panoptic_inference`
-      options.
+    post_processing: the `PostProcessingOptions` the evaluator uses (label space and
+      `panoptic_inference` options).
     size_multiple, size_offset: dynamic-mode padding to k * size_multiple + size_offset.
     static_size: (height, width) the model always runs at, or None (dynamic mode).
     pad_value: image padding value in [0, 255].
     include_semantic_probs: whether to output `semantic_probs`.
     jit_compile: XLA-compile the model + post-processing (static mode only).
   """
-  thing_class_ids: Tuple[int, ...]
-  label_divisor: int
-  ignore_label: int = 255
-  center_threshold: float = 0.1
-  nms_kernel: int = 7
-  top_k: int = 200
-  stuff_area: int = 2048
-  thing_area: int = 0
+  post_processing: PostProcessingOptions
   size_multiple: int = 32
   size_offset: int = 1
   static_size: Optional[Tuple[int, int]] = None
@@ -57,7 +47,9 @@ class ServingOptions:
   jit_compile: bool = False
 
   def __post_init__(self):
-    object.__setattr__(self, "thing_class_ids", tuple(int(c) for c in self.thing_class_ids))
+    if not isinstance(self.post_processing, PostProcessingOptions):
+      raise TypeError(f"post_processing must be a PostProcessingOptions, got "
+                      f"{type(self.post_processing).__name__}")
     if isinstance(self.size_multiple, bool) or not isinstance(self.size_multiple, int) or (
         self.size_multiple < 1):
       raise ValueError(f"size_multiple must be a positive int, got {self.size_multiple!r}")
@@ -75,22 +67,25 @@ class ServingOptions:
     if not 0.0 <= self.pad_value <= 255.0:
       raise ValueError(f"pad_value must be in [0, 255], got {self.pad_value!r}")
 
-  @property
-  def post_processing(self) -> PostProcessingOptions:
-    """The post-processing fields as the `PostProcessingOptions` the evaluator uses."""
-    return PostProcessingOptions(**{field.name: getattr(self, field.name)
-                                    for field in dataclasses.fields(PostProcessingOptions)})
+  def to_json(self):
+    """One flat dict (the post-processing fields beside the serving ones), as recorded in
+    the export metadata for clients that read it without this package."""
+    fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+              if f.name != "post_processing"}
+    fields["static_size"] = list(self.static_size) if self.static_size else None
+    post_processing = self.post_processing.as_dict()
+    post_processing["thing_class_ids"] = list(self.post_processing.thing_class_ids)
+    return {**post_processing, **fields}
 
   @classmethod
-  def create(cls, post_processing: PostProcessingOptions, **serving_fields):
-    """ServingOptions with `post_processing`'s values and the given serving fields."""
-    return cls(**post_processing.as_dict(), **serving_fields)
-
-  def to_json(self):
-    fields = dataclasses.asdict(self)
-    fields["thing_class_ids"] = list(self.thing_class_ids)
-    fields["static_size"] = list(self.static_size) if self.static_size else None
-    return fields
+  def from_json(cls, fields):
+    """The inverse of `to_json`."""
+    names = {f.name for f in dataclasses.fields(PostProcessingOptions)}
+    serving = {key: value for key, value in fields.items() if key not in names}
+    if serving.get("static_size"):
+      serving["static_size"] = tuple(serving["static_size"])
+    return cls(PostProcessingOptions(**{key: value for key, value in fields.items()
+                                        if key in names}), **serving)
 
 
 def padded_length(length, multiple, offset):

@@ -34,6 +34,7 @@ import tensorflow as tf
 
 from deeplab_axial import config_usage
 from deeplab_axial import errors
+from deeplab_axial import memory_model
 from deeplab_axial import tasks
 from deeplab_axial.export import from_config
 from deeplab_axial.models import multiply_adds
@@ -44,8 +45,8 @@ from deeplab_axial.training import experiment
 _MEMORY_HEADROOM = 0.7
 # Characters of an error message kept in a problem line.
 _MESSAGE_LENGTH = 600
-# Longest side of the reduced crop the activation estimate traces at.
-_ESTIMATE_SIDE = 257
+# Weights, two optimizer moments and Lookahead's slow weights.
+_WEIGHT_COPIES = 4
 
 
 class RehearsalError(errors.UserError):
@@ -352,39 +353,24 @@ def _eval_spec(task, global_batch_size):
 
 # Memory ------------------------------------------------------------------------------
 def estimate_training_memory_bytes(model, image_shape):
-  """A rough estimate of one training step's memory per replica, in bytes.
+  """Estimated memory of one training step per replica, in bytes.
 
-  Weights, gradients and two optimizer slots (4 copies of the parameters), plus every
-  floating-point tensor the forward pass creates (an upper bound on the activations kept
-  for backprop), measured on a forward trace at a crop reduced to <= `_ESTIMATE_SIDE`
-  and scaled by the area ratio and the batch. The one function to replace by a better
-  memory model.
+  The activations, the backward's temporaries and the gradients as
+  `deeplab_axial.memory_model` predicts them from the traced step at this exact shape,
+  plus `_WEIGHT_COPIES` copies of the trainable weights (the weights, two optimizer
+  moments and Lookahead's slow copy). The memory model under-predicts large crops by up
+  to ~30% on CPU (benchmarks/README.md, "Memory model"); the run/trace decision keeps
+  `_MEMORY_HEADROOM` for that.
 
   Args:
     model: the built Keras model.
     image_shape: [batch, height, width, channels] of one replica's training batch.
   """
   batch, height, width, channels = image_shape
-  factor = min(1.0, _ESTIMATE_SIDE / max(height, width))
-  small = [_reduced_side(height, factor), _reduced_side(width, factor)]
-  spec = tf.TensorSpec([1] + small + [channels], tf.float32)
-  graph = tf.function(lambda images: model(images, training=True),
-                      autograph=False).get_concrete_function(spec).graph
-  activations = 0
-  for operation in graph.get_operations():
-    if operation.type in ("Const", "ReadVariableOp", "VarHandleOp", "Placeholder"):
-      continue
-    for output in operation.outputs:
-      if output.dtype.is_floating and output.shape.is_fully_defined():
-        activations += output.shape.num_elements() * output.dtype.size
-  area_ratio = (height * width) / (small[0] * small[1])
-  weights = 4 * sum(v.shape.num_elements() * v.dtype.size for v in model.trainable_variables)
-  return int(weights + activations * area_ratio * batch)
-
-
-def _reduced_side(side, factor):
-  """`side * factor` with the same remainder modulo 32 (the models' size rule)."""
-  return max(33, int(side * factor) // 32 * 32 + side % 32)
+  activations = memory_model.estimate_training_memory_bytes(model, batch, (height, width),
+                                                            channels)
+  weights = sum(v.shape.num_elements() * v.dtype.size for v in model.trainable_variables)
+  return int(activations + _WEIGHT_COPIES * weights)
 
 
 def available_memory_bytes(meminfo="/proc/meminfo"):

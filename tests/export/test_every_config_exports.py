@@ -38,8 +38,8 @@ def _expected_outputs(config, info, options):
     return maps
   return {"panoptic": (_INT, [None, None, None]), "instance": (_INT, [None, None, None]),
           "center_heatmap": (_FLOAT, [None, None, None]),
-          "instance_panoptic_ids": (_INT, [None, options.top_k]),
-          "instance_scores": (_FLOAT, [None, options.top_k]), **maps}
+          "instance_panoptic_ids": (_INT, [None, options.post_processing.top_k]),
+          "instance_scores": (_FLOAT, [None, options.post_processing.top_k]), **maps}
 
 
 def test_every_task_has_a_shipped_config():

@@ -14,12 +14,15 @@ import tensorflow as tf
 import tf_keras
 from PIL import Image
 
+from deeplab_axial import tasks
 from deeplab_axial.tasks import classification
 from deeplab_axial.tasks import semantic
 from deeplab_axial.tasks import serving
 from tests.export import export_fixtures
 
-_OPTIONS = serving.ServingOptions(thing_class_ids=(), label_divisor=256, ignore_label=255)
+_LABEL_SPACE = tasks.PostProcessingOptions(thing_class_ids=(), label_divisor=256,
+                                           ignore_label=255)
+_OPTIONS = serving.ServingOptions(_LABEL_SPACE)
 
 
 def _png(image):
@@ -77,8 +80,7 @@ def test_semantic_signatures_match_the_padded_model_and_void_outside_images():
 def test_semantic_module_without_probs_or_boundary_head():
   images = tf_keras.Input((None, None, 3))
   model = tf_keras.Model(images, {"semantic_logits": tf_keras.layers.Conv2D(3, 1)(images)})
-  options = serving.ServingOptions(thing_class_ids=(), label_divisor=256,
-                                   include_semantic_probs=False)
+  options = serving.ServingOptions(_LABEL_SPACE, include_semantic_probs=False)
   outputs = semantic.SemanticServingModule(model, options).serve_images(
       tf.zeros([1, 5, 7, 3], tf.uint8))
   assert set(outputs) == {"semantic", "image_height", "image_width"}
