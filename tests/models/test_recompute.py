@@ -190,8 +190,9 @@ def test_two_replicas_train_like_the_kept_model(two_cpu_strategy):
   loss, recomputed = train(True, initial)
   np.testing.assert_allclose(loss, kept_loss, **_TOLERANCE)
   assert kept.keys() == recomputed.keys()
+  # Weights moved by 0.5 x gradients that agree to 1e-6 of the largest (~70, see above).
   for name, value in kept.items():
-    np.testing.assert_allclose(recomputed[name], value, rtol=1e-5, atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(recomputed[name], value, rtol=1e-5, atol=1e-4, err_msg=name)
 
 
 def test_mixed_float16_gradients_equal_the_kept_block(mixed_precision):
