@@ -111,6 +111,23 @@ def estimate_training_memory_bytes(model, batch_size, crop_size, channels=3,
                      f"crop_size and channels, got {batch_size!r}, {crop_size!r}, "
                      f"{channels!r}")
 
+  peak, unknown = training_step_peak_bytes(model, batch_size, crop_size, channels, dtype)
+  if unknown:
+    raise ValueError(f"{unknown} tensors of {model.name}'s training graph have no static "
+                     f"size at input {sizes}; the memory estimate needs static shapes")
+  return int(peak)
+
+
+def training_step_peak_bytes(model, batch_size, crop_size, channels=3, dtype=tf.float32):
+  """(peak live bytes, tensors of unknown size counted as 0) of `model`'s training step.
+
+  The replay behind `estimate_training_memory_bytes`, for callers that can use a lower
+  bound when a few tensors (e.g. of a dynamically sized resize) have no static size.
+  Arguments as `estimate_training_memory_bytes` (validated there).
+  """
+  if isinstance(crop_size, int):
+    crop_size = (crop_size, crop_size)
+
   @tf.function
   def training_step(images):
     with tf.GradientTape() as tape:
@@ -118,9 +135,5 @@ def estimate_training_memory_bytes(model, batch_size, crop_size, channels=3,
       loss = tf.add_n([tf.reduce_sum(tf.cast(output, tf.float32)) for output in outputs])
     return tape.gradient(loss, model.trainable_variables)
 
-  graph = training_step.get_concrete_function(tf.TensorSpec(sizes, dtype)).graph
-  peak, unknown = peak_live_bytes(graph)
-  if unknown:
-    raise ValueError(f"{unknown} tensors of {model.name}'s training graph have no static "
-                     f"size at input {sizes}; the memory estimate needs static shapes")
-  return int(peak)
+  spec = tf.TensorSpec([batch_size, *crop_size, channels], dtype)
+  return peak_live_bytes(training_step.get_concrete_function(spec).graph)

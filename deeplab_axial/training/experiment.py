@@ -116,7 +116,8 @@ def check_optimizer_state_resumable(experiment_config, model_dir):
     ValueError: naming each changed field, its old and new value, and what to do instead.
   """
   previous_path = os.path.join(model_dir, CONFIG_FILE)
-  if not (tf.train.latest_checkpoint(model_dir) and tf.io.gfile.exists(previous_path)):
+  checkpoint = tf.train.latest_checkpoint(model_dir)
+  if not (checkpoint and tf.io.gfile.exists(previous_path)):
     return
   with tf.io.gfile.GFile(previous_path) as f:
     previous = config_lib.parse_config(f.read(), source=previous_path)
@@ -130,7 +131,7 @@ def check_optimizer_state_resumable(experiment_config, model_dir):
         f"--model_dir={model_dir} holds a checkpoint trained with another optimizer "
         f"({'; '.join(changed)}; see {previous_path}): its optimizer state cannot be "
         "resumed. Keep the old setting, or train in a new --model_dir with "
-        f"train.initial_checkpoint: '{tf.train.latest_checkpoint(model_dir)}' (weights "
+        f"train.initial_checkpoint: '{checkpoint}' (weights "
         "only)")
 
 

@@ -239,8 +239,11 @@ class _Rehearsal:
 
   def _estimate_memory(self, image_shape):
     self.log("estimating the training memory")
-    self.report.estimated_memory_bytes = estimate_training_memory_bytes(self.model,
-                                                                        image_shape)
+    estimate, unknown = estimate_training_memory_bytes(self.model, image_shape)
+    self.report.estimated_memory_bytes = estimate
+    if unknown:
+      self.report.notes.append(f"the memory estimate leaves out {unknown} tensors whose "
+                               "size is only known when the step runs")
 
   def _run_train_step(self, image_shape):
     estimate = self.report.estimated_memory_bytes
@@ -365,12 +368,16 @@ def estimate_training_memory_bytes(model, image_shape):
   Args:
     model: the built Keras model.
     image_shape: [batch, height, width, channels] of one replica's training batch.
+
+  Returns:
+    (bytes, number of tensors whose size is unknown in the traced graph and not counted;
+    e.g. resizes to a dynamically computed size).
   """
   batch, height, width, channels = image_shape
-  activations = memory_model.estimate_training_memory_bytes(model, batch, (height, width),
-                                                            channels)
+  activations, unknown = memory_model.training_step_peak_bytes(model, batch,
+                                                               (height, width), channels)
   weights = sum(v.shape.num_elements() * v.dtype.size for v in model.trainable_variables)
-  return int(activations + _WEIGHT_COPIES * weights)
+  return int(activations + _WEIGHT_COPIES * weights), unknown
 
 
 def available_memory_bytes(meminfo="/proc/meminfo"):

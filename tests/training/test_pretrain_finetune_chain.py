@@ -73,7 +73,8 @@ def test_imagenet_s_initialises_every_coco_s_backbone_tensor(tmp_path, caplog):
                     num_shards=1, num_workers=1, show_progress=False)
   config = config_lib.load_config(_repo_path(COCO_CONFIG), _SHRINK + (
       f'train.initial_checkpoint: "{prefix}"', 'train.init_modules: "backbone"'))
-  with caplog.at_level(logging.INFO):
+  # absl's own logger level is set by any earlier test or CLI that parsed absl flags.
+  with caplog.at_level(logging.INFO), caplog.at_level(logging.INFO, logger="absl"):
     # pylint: disable-next=protected-access
     run = experiment._Experiment(config, str(tmp_path / "coco_run"),
                                  tf.distribute.get_strategy(), str(tmp_path / "data"))
