@@ -79,14 +79,29 @@ def _statistics_layers(layer):
 
 
 def check_pausable(layer):
-  """Raises ValueError when a layer inside `layer` would update its moving statistics
-  again in a recomputation (it lacks the `pauses_in_recomputation` mark)."""
-  fixed = [inner.name for inner in _statistics_layers(layer)
+  """Raises ValueError when `layer` cannot be recomputed because of its batch norms.
+
+  A batch norm inside it must pause its moving-statistics updates in the recomputation
+  (the `pauses_in_recomputation` mark), and must not synchronize its batch statistics
+  across replicas: the recomputation would all-reduce them again inside the backward
+  pass, where the replicas of a Mirrored strategy wait on each other without end.
+  """
+  statistics_layers = _statistics_layers(layer)
+  fixed = [inner.name for inner in statistics_layers
            if not getattr(inner, PAUSABLE_MARK, False)]
   if fixed:
     raise ValueError(f"layer {layer.name!r} cannot be recomputed: {', '.join(fixed)} "
                      "update moving statistics that a recomputation cannot pause (use "
                      "recompute.PausableBatchNormalization)")
+  synchronized = [inner.name for inner in statistics_layers
+                  if getattr(inner, "synchronized", False)]
+  if synchronized:
+    raise ValueError(
+        f"layer {layer.name!r} cannot be recomputed: {', '.join(synchronized)} "
+        "synchronize batch statistics across replicas, which would all-reduce again in "
+        "the backward pass and stall the replicas; use per-replica batch norm "
+        "(train.sync_batch_norm: false, or synchronized_batch_norm=False) or no "
+        "recomputation (model.backbone.recompute: false)")
 
 
 def recompute_grad(layer, forward, inputs):

@@ -19,6 +19,7 @@ from deeplab_axial.layers import axial_blocks
 from deeplab_axial.layers import recompute
 from deeplab_axial.models import builder
 from deeplab_axial.models.backbones import axial_resnet
+from deeplab_axial.training import sync_batch_norm
 
 _TOLERANCE = dict(rtol=1e-6, atol=1e-6)
 _MOMENTUM = 0.5
@@ -154,6 +155,25 @@ def test_a_layer_whose_statistics_cannot_pause_is_refused():
   layer.norm.build([None, 3])
   with pytest.raises(ValueError, match="keras_norm"):
     layer(tf.ones([2, 3]))
+
+
+def test_synchronized_batch_norm_is_refused_in_the_model_and_by_the_trainer(
+    two_cpu_strategy):
+  """Recomputing would all-reduce the batch statistics again in the backward pass, where
+  the replicas of a Mirrored strategy stall; both ways of synchronizing are refused."""
+  built_synchronized = _tiny_backbone(True, synchronized_batch_norm=True)
+  with pytest.raises(ValueError, match=r"cannot be recomputed: .*bn1.* synchronize batch "
+                                       r"statistics.*train\.sync_batch_norm: false"):
+    built_synchronized(_images(), training=True)
+
+  with two_cpu_strategy.scope():
+    model = _tiny_backbone(True)
+  with pytest.raises(ValueError, match=r"synchronize batch statistics.*"
+                                       r"model\.backbone\.recompute: false"):
+    sync_batch_norm.configure_sync_batch_norm(model, two_cpu_strategy, enabled=True)
+  with two_cpu_strategy.scope():
+    kept = _tiny_backbone(False)
+  assert sync_batch_norm.configure_sync_batch_norm(kept, two_cpu_strategy, enabled=True)
 
 
 @pytest.mark.slow
