@@ -21,6 +21,9 @@ Parts (`--parts`, default all but `profile`):
   runtime's one-off first-step cost) of Axial-ResNet-S (span 65, batch 1, SGD-momentum
   step) at 224², 513², 769².
 * `profile`: per-op time of one axial block's training step (see benchmarks/README.md).
+* `recompute` (not in the default): Axial-ResNet-S with and without
+  `model.backbone.recompute` (every axial block recomputed in the backward pass), same
+  settings and measurement as `backbones`, ratios to the run without recomputation.
 
 The machine is shared: read the ratios (measured alternately in one run), not the
 absolute numbers; the load average is printed with every part.
@@ -29,6 +32,7 @@ absolute numbers; the load average is printed with every part.
     python benchmarks/training_speed.py --quick          # small sizes, smoke run (~5 min)
     python benchmarks/training_speed.py --parts layers --sizes 257
     python benchmarks/training_speed.py --parts profile --profile_size 65
+    python benchmarks/training_speed.py --parts recompute [--quick]
 """
 import argparse
 import collections
@@ -41,13 +45,15 @@ import time
 _DEEPLAB2_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir,
                              os.pardir, "shared", "reference", "deeplab2")
 _MODELS = {
-    "ResNet-50": ("deeplab_axial.models.resnet", "resnet50", {}),
-    "Axial-ResNet-S": ("deeplab_axial.models.axial_resnet", "axial_resnet",
+    "ResNet-50": ("deeplab_axial.models", "resnet50", {}),
+    "Axial-ResNet-S": ("deeplab_axial.models", "axial_resnet",
                        {"name": "axial_resnet_s"}),
-    "Axial-ResNet-M": ("deeplab_axial.models.axial_resnet", "axial_resnet",
+    "Axial-ResNet-M": ("deeplab_axial.models", "axial_resnet",
                        {"name": "axial_resnet_m"}),
-    "Axial-ResNet-L": ("deeplab_axial.models.axial_resnet", "axial_resnet",
+    "Axial-ResNet-L": ("deeplab_axial.models", "axial_resnet",
                        {"name": "axial_resnet_l"}),
+    "Axial-ResNet-S recompute": ("deeplab_axial.models", "axial_resnet",
+                                 {"name": "axial_resnet_s", "recompute": True}),
 }
 _LAYER_CHANNELS = 64
 _LOCAL_SPAN = 65
@@ -219,13 +225,28 @@ def _run_child(name, *args):
 
 # -- parts -------------------------------------------------------------------------------
 
+def _settings(args):
+  """(crop, batch, span) of the backbone rows: 224² b4 global and 513² b1 span 65."""
+  return [(64, 2, None), (97, 1, 33)] if args.quick else [(224, 4, None),
+                                                          (513, 1, _LOCAL_SPAN)]
+
+
 def _backbones(args):
-  settings = [(64, 2, None), (97, 1, 33)] if args.quick else [(224, 4, None),
-                                                               (513, 1, _LOCAL_SPAN)]
-  rows = ["ResNet-50"] + args.models
   print(f"\n## Backbones: training step (forward + backward + SGD momentum), "
         f"best of {args.steps} steps x {args.rounds} rounds; {_load()}")
-  for size, batch, span in settings:
+  _compare_backbones(args, ["ResNet-50"] + args.models)
+
+
+def _recompute(args):
+  print(f"\n## Recomputed axial blocks (model.backbone.recompute): training step, "
+        f"best of {args.steps} steps x {args.rounds} rounds; {_load()}")
+  _compare_backbones(args, ["Axial-ResNet-S", "Axial-ResNet-S recompute"])
+
+
+def _compare_backbones(args, rows):
+  """Alternates the `rows` models (each step in its own child process) at every setting;
+  prints img/s and peak memory, each also as a ratio to the first row."""
+  for size, batch, span in _settings(args):
     best = {}
     for _ in range(args.rounds):
       for label in rows:
@@ -238,9 +259,9 @@ def _backbones(args):
           best[label] = dict(result, peak=min(
               result["peak"], previous["peak"]) if previous else result["peak"])
     print(f"\n{size}², batch {batch}, span {span or 'global'} ({_load()})")
-    print(f"| backbone | img/s | × ResNet-50 | peak MB | train MB | peak × ResNet-50 |")
+    print(f"| backbone | img/s | × {rows[0]} | peak MB | train MB | peak × {rows[0]} |")
     print("|---|---|---|---|---|---|")
-    baseline = best.get("ResNet-50")
+    baseline = best.get(rows[0])
     for label, result in best.items():
       speed = batch / result["seconds"]
       line = f"| {label} | {speed:.2f} | "
@@ -364,10 +385,11 @@ def _profile_label(node_name):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--parts", nargs="+", default=["backbones", "layers", "memory"],
-                      choices=["backbones", "layers", "memory", "profile"])
+                      choices=["backbones", "layers", "memory", "profile", "recompute"])
   parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
   parser.add_argument("--models", nargs="+", default=["Axial-ResNet-S"],
-                      choices=[label for label in _MODELS if label != "ResNet-50"])
+                      choices=[label for label in _MODELS
+                               if label not in ("ResNet-50", "Axial-ResNet-S recompute")])
   parser.add_argument("--rounds", type=int, default=2, help="alternations of the models")
   parser.add_argument("--steps", type=int, default=3, help="timed steps per backbone run")
   parser.add_argument("--repeats", type=int, default=3, help="alternated layer steps")
@@ -392,7 +414,7 @@ def main():
     args.rounds, args.steps, args.repeats = 1, 2, 2
   print(f"training_speed.py {' '.join(sys.argv[1:])}; {_load()}")
   parts = {"backbones": _backbones, "layers": _layers, "memory": _memory,
-           "profile": _profile}
+           "profile": _profile, "recompute": _recompute}
   for part in args.parts:
     parts[part](args)
 

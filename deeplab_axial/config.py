@@ -404,6 +404,11 @@ class _Validator:
     self.fraction("model.batch_norm_momentum")
     self.fraction("model.classifier_dropout")
     self._global_span_fits()
+    if c.backbone.recompute and self._backbone_family() != "axial_resnet" and (
+        c.backbone.name in BACKBONES):
+      self.error("model.backbone.recompute", "recomputes axial blocks, so it applies to "
+                 f"the Axial-ResNet backbones ({', '.join(catalogue.names('axial_resnet'))})"
+                 f" only, not to model.backbone.name {c.backbone.name!r}; remove it")
     is_vit = self._backbone_family() == "vit"
     if is_vit != (c.context_head.type == "segvit") and c.backbone.name in BACKBONES:
       self.error("model.backbone.name", "ViT backbones (vit_*) go with context_head.type "

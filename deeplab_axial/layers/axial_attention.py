@@ -70,6 +70,7 @@ import math
 import tensorflow as tf
 import tf_keras
 
+from deeplab_axial.layers import recompute
 from deeplab_axial.layers import validation
 
 _AXES = ("height", "width")
@@ -136,7 +137,11 @@ class SimilarityBatchNormalization(tf_keras.layers.Layer):
   scaling q and k before its einsums, so the normalized terms are never materialised.
   Statistics are over the valid (query, key) pairs of every sequence, per (term, head),
   biased variance; the caller provides their sums (`_similarity_sums`).
+  Inside `recompute.statistics_paused()` training uses the batch statistics but leaves
+  the moving ones alone (a recomputed backward pass, `deeplab_axial.layers.recompute`).
   """
+
+  pauses_in_recomputation = True
 
   def __init__(self, num_heads, momentum=0.9, epsilon=1e-5, synchronized=False,
                **kwargs):
@@ -174,6 +179,8 @@ class SimilarityBatchNormalization(tf_keras.layers.Layer):
     mean = total / count
     # E[x^2] - E[x]^2 >= 0 up to rounding, which must not reach the square root.
     variance = tf.maximum(squares / count - tf.square(mean), 0.0)
+    if recompute.statistics_updates_paused():
+      return mean, variance
     self.moving_mean.assign(self.momentum * self.moving_mean + (1.0 - self.momentum) * mean)
     self.moving_variance.assign(self.momentum * self.moving_variance
                                 + (1.0 - self.momentum) * variance)
@@ -472,7 +479,7 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
         initializer=self.relative_initializer)
     if self.use_batch_norm:
       def keras_batch_norm(name):
-        return tf_keras.layers.BatchNormalization(
+        return recompute.PausableBatchNormalization(
             momentum=self.batch_norm_momentum, epsilon=self.batch_norm_epsilon,
             synchronized=self.synchronized_batch_norm, name=name, dtype=self.dtype_policy)
       self.qkv_batch_norm = keras_batch_norm("qkv_batch_norm")

@@ -23,6 +23,7 @@ import tensorflow as tf
 import tf_keras
 
 from deeplab_axial.layers import axial_attention
+from deeplab_axial.layers import recompute
 from deeplab_axial.layers import validation
 
 _STRIDE_PLACEMENTS = ("after_width", "per_axis")
@@ -31,6 +32,11 @@ _STRIDE_PLACEMENTS = ("after_width", "per_axis")
 def _conv_initializer():
   # PyTorch kaiming_normal_(mode="fan_out", nonlinearity="relu"), as the official code.
   return tf_keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
+
+
+def _is_true(training):
+  """Whether a `training` argument is statically True (a Python or constant bool)."""
+  return training is not None and bool(tf.get_static_value(training))
 
 
 @tf_keras.saving.register_keras_serializable(package="deeplab_axial")
@@ -131,7 +137,7 @@ class AxialBlock(tf_keras.layers.Layer):
                use_batch_norm=True,
                max_global_length=axial_attention.DEFAULT_MAX_GLOBAL_LENGTH,
                batch_norm_momentum=0.9, batch_norm_epsilon=1e-5,
-               synchronized_batch_norm=False, **kwargs):
+               synchronized_batch_norm=False, recompute=False, **kwargs):
     """Creates the block.
 
     Args:
@@ -148,6 +154,10 @@ class AxialBlock(tf_keras.layers.Layer):
         `PositionSensitiveAxialAttention` (use_batch_norm only affects the attention).
       batch_norm_momentum, batch_norm_epsilon, synchronized_batch_norm: for every batch
         norm of the block.
+      recompute: in training, keep only the block's input for the backward pass and
+        recompute its activations there (`deeplab_axial.layers.recompute`): less memory,
+        about one more forward pass of time. Same maths, weights and moving-statistics
+        updates; inference is unchanged.
       **kwargs: Base `Layer` arguments.
     """
     super().__init__(**kwargs)
@@ -167,6 +177,7 @@ class AxialBlock(tf_keras.layers.Layer):
     self.batch_norm_momentum = batch_norm_momentum
     self.batch_norm_epsilon = batch_norm_epsilon
     self.synchronized_batch_norm = synchronized_batch_norm
+    self.recompute = bool(recompute)
 
     self.conv_down = self._conv(filters, 1, "conv_down")
     self.bn1 = self._batch_norm("bn1")
@@ -189,7 +200,7 @@ class AxialBlock(tf_keras.layers.Layer):
                                   dtype=self.dtype_policy)
 
   def _batch_norm(self, name, gamma_initializer="ones"):
-    return tf_keras.layers.BatchNormalization(
+    return recompute.PausableBatchNormalization(
         momentum=self.batch_norm_momentum, epsilon=self.batch_norm_epsilon,
         synchronized=self.synchronized_batch_norm, gamma_initializer=gamma_initializer,
         name=name, dtype=self.dtype_policy)
@@ -228,6 +239,13 @@ class AxialBlock(tf_keras.layers.Layer):
     super().build(input_shape)
 
   def call(self, inputs, training=None):
+    if self.recompute and _is_true(training):
+      return recompute.recompute_grad(
+          self, lambda tensor: self._residual(tensor, training=True), inputs)
+    return self._residual(inputs, training)
+
+  def _residual(self, inputs, training):
+    """The block's function: `[b, h, w, c]` -> `[b, h / s, w / s, filters * expansion]`."""
     outputs = tf.nn.relu(self.bn1(self.conv_down(inputs), training=training))
     outputs = tf.nn.relu(self.attention(outputs, training=training))
     outputs = self.bn2(self.conv_up(outputs), training=training)
@@ -266,5 +284,5 @@ class AxialBlock(tf_keras.layers.Layer):
         max_global_length=self.max_global_length,
         batch_norm_momentum=self.batch_norm_momentum,
         batch_norm_epsilon=self.batch_norm_epsilon,
-        synchronized_batch_norm=self.synchronized_batch_norm)
+        synchronized_batch_norm=self.synchronized_batch_norm, recompute=self.recompute)
     return config

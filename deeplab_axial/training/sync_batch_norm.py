@@ -9,6 +9,7 @@ import tensorflow as tf
 import tf_keras
 
 from deeplab_axial.layers import axial_attention
+from deeplab_axial.layers import recompute
 
 
 def configure_sync_batch_norm(model, strategy, enabled, jit_compile=False):
@@ -20,6 +21,9 @@ def configure_sync_batch_norm(model, strategy, enabled, jit_compile=False):
   (`merge_call` inside a compiled function), so batch norms then stay per-replica and
   a warning says so.
 
+  Synchronization is refused for a model with recomputed axial blocks
+  (`model.backbone.recompute`, see `recompute.check_pausable`).
+
   Args:
     model: the built model (created under `strategy.scope()`).
     strategy: the `tf.distribute.Strategy` training runs under.
@@ -28,6 +32,9 @@ def configure_sync_batch_norm(model, strategy, enabled, jit_compile=False):
 
   Returns:
     True when the model's batch norms now synchronize across replicas.
+
+  Raises:
+    ValueError: `model` recomputes blocks and synchronization is enabled.
   """
   if not enabled or strategy.num_replicas_in_sync == 1:
     return False
@@ -37,6 +44,9 @@ def configure_sync_batch_norm(model, strategy, enabled, jit_compile=False):
                     "batch statistics stay per replica.", type(strategy).__name__)
     return False
   count = enable_sync_batch_norm(model)
+  for layer in _layers_and_self(model):
+    if getattr(layer, "recompute", False) is True:
+      recompute.check_pausable(layer)
   logging.info("Synchronized %d batch normalization layers across %d replicas.", count,
                strategy.num_replicas_in_sync)
   return True

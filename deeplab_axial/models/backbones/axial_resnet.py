@@ -80,7 +80,7 @@ def axial_resnet(name, num_classes=None, input_shape=None, span=None, stem="conv
                  output_stride=32, width_multiplier=None, num_heads=8, *,
                  stem_span=STEM_SPAN, max_global_length=None, zero_init_residual=True,
                  batch_norm_momentum=None, batch_norm_epsilon=None,
-                 synchronized_batch_norm=False, model_name=None):
+                 synchronized_batch_norm=False, recompute=False, model_name=None):
   """Builds an Axial-ResNet preset of `deeplab_axial.models.catalogue`.
 
   Args:
@@ -105,6 +105,9 @@ def axial_resnet(name, num_classes=None, input_shape=None, span=None, stem="conv
     batch_norm_momentum, batch_norm_epsilon: every BatchNormalization; None = the
       preset's (official: PyTorch's 0.9 / 1e-5; paper: DeepLab2's 0.99 / 1e-3).
     synchronized_batch_norm: synchronize batch statistics across replicas.
+    recompute: recompute every axial block's activations in the backward pass of
+      training instead of keeping them (less memory, more time; `AxialBlock`). Layer
+      and variable names are the same either way, so checkpoints are interchangeable.
     model_name: the Keras model name (default `name`).
 
   Returns:
@@ -144,7 +147,8 @@ def axial_resnet(name, num_classes=None, input_shape=None, span=None, stem="conv
   block_args = dict(num_heads=num_heads, expansion=_EXPANSION,
                     zero_init_residual=zero_init_residual,
                     stride_placement=preset.stride_placement,
-                    synchronized_batch_norm=synchronized_batch_norm, **bn_args)
+                    synchronized_batch_norm=synchronized_batch_norm,
+                    recompute=recompute, **bn_args)
 
   def block(x, filters, block_span, strides, block_name):
     layer = axial_blocks.AxialBlock(filters, span=block_span, strides=strides,
@@ -194,7 +198,7 @@ def axial_resnet_from_options(backbone_options, batch_norm_momentum=None,
 
   `span: 0` means global; `width_multiplier: 0` the preset's width. Exactly
   `axial_resnet` with the same values, so a preset is the same model from a config and
-  from Python (see `deeplab_axial.models.catalogue`).
+  from Python (see `deeplab_axial.models.catalogue`); `recompute` as `axial_resnet`'s.
 
   Args:
     backbone_options: a `deeplab_axial.BackboneOptions` message.
@@ -213,4 +217,5 @@ def axial_resnet_from_options(backbone_options, batch_norm_momentum=None,
       width_multiplier=backbone_options.width_multiplier or None,
       num_heads=backbone_options.num_heads, batch_norm_momentum=batch_norm_momentum,
       batch_norm_epsilon=batch_norm_epsilon,
-      synchronized_batch_norm=synchronized_batch_norm)
+      synchronized_batch_norm=synchronized_batch_norm,
+      recompute=backbone_options.recompute)
