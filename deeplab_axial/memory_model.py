@@ -123,10 +123,9 @@ def training_step_peak_bytes(model, batch_size, crop_size, channels=3, dtype=tf.
 
   The replay behind `estimate_training_memory_bytes`, for callers that can use a lower
   bound when a few tensors (e.g. of a dynamically sized resize) have no static size.
-  Arguments as `estimate_training_memory_bytes` (validated there).
+  Arguments as `estimate_training_memory_bytes` (validated there), except that
+  `crop_size` is a (height, width) pair.
   """
-  if isinstance(crop_size, int):
-    crop_size = (crop_size, crop_size)
 
   @tf.function
   def training_step(images):

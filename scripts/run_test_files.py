@@ -8,8 +8,9 @@ and a file is only started while the machine has `--start_above_gb` of memory av
 
 Usage: python scripts/run_test_files.py [--jobs 2] [-m MARKEXPR] [pytest args ...]
 The marker and pytest args select the tests (as `pytest --collect-only` would); each
-file then runs exactly its selected tests. Prints each file's pytest output when the file is done, then one summary line; exits 1
-when a file failed (pytest's "no tests collected" counts as passed).
+file then runs exactly its selected tests. Prints each file's pytest output when the file
+is done, then one summary line; exits 1 when a file failed (pytest's "no tests
+collected" counts as passed).
 """
 import argparse
 import subprocess

@@ -239,7 +239,7 @@ class _Rehearsal:
 
   def _estimate_memory(self, image_shape):
     self.log("estimating the training memory")
-    estimate, unknown = estimate_training_memory_bytes(self.model, image_shape)
+    estimate, unknown = estimate_step_memory(self.model, image_shape)
     self.report.estimated_memory_bytes = estimate
     if unknown:
       self.report.notes.append(f"the memory estimate leaves out {unknown} tensors whose "
@@ -355,8 +355,8 @@ def _eval_spec(task, global_batch_size):
 
 
 # Memory ------------------------------------------------------------------------------
-def estimate_training_memory_bytes(model, image_shape):
-  """Estimated memory of one training step per replica, in bytes.
+def estimate_step_memory(model, image_shape):
+  """Estimated memory of one training step per replica, in bytes, and what it leaves out.
 
   The activations, the backward's temporaries and the gradients as
   `deeplab_axial.memory_model` predicts them from the traced step at this exact shape,
@@ -425,4 +425,4 @@ def _first_message(error):
 
 
 __all__ = ["RehearsalError", "RehearsalReport", "available_memory_bytes",
-           "estimate_training_memory_bytes", "rehearse"]
+           "estimate_step_memory", "rehearse"]
