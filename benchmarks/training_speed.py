@@ -17,9 +17,13 @@ Parts (`--parts`, default all but `profile`):
   (layer, size), growth of the peak resident size during the first step after tracing
   (`_first_step_memory_bytes`).
 * `memory`: `deeplab_axial.memory_model.estimate_training_memory_bytes` against the
-  measured training memory (as for the layers, minus the same measurement at 33², the
-  runtime's one-off first-step cost) of Axial-ResNet-S (span 65, batch 1, SGD-momentum
-  step) at 224², 513², 769².
+  measured training-step memory of Axial-ResNet-S (span 65, batch 1, SGD-momentum step)
+  at 224², 513², 769², and with recomputed blocks at 513² (one subprocess each). Measured
+  = the peak of TensorFlow's CPU allocator during the first step minus what it held
+  before the step (weights and optimizer slots): `tf.config.experimental
+  .get_memory_info("CPU:0")`, the measure GPU users read for "GPU:0". The growth of the
+  peak resident size is printed beside it (it adds the runtime's one-off first-step
+  costs and the allocator's own slack).
 * `profile`: per-op time of one axial block's training step (see benchmarks/README.md).
 * `recompute` (not in the default): Axial-ResNet-S with and without
   `model.backbone.recompute` (every axial block recomputed in the backward pass), same
@@ -57,7 +61,6 @@ _MODELS = {
 }
 _LAYER_CHANNELS = 64
 _LOCAL_SPAN = 65
-_OVERHEAD_CROP = 33
 
 
 def _load():
@@ -76,8 +79,7 @@ def _first_step_memory_bytes(step):
 
   Measured on a fresh process after tracing (TF's CPU allocator keeps freed memory, so
   a later call shows no growth). It includes one-off runtime costs of the first call
-  (graph optimisation, kernel creation), which `_memory` measures at a tiny crop and
-  subtracts.
+  (graph optimisation, kernel creation: ~0.4 GB for Axial-ResNet-S on this CPU).
   """
   step.get_concrete_function()
   before = _current_rss_bytes()
@@ -199,14 +201,21 @@ def _layer_memory_child(kind, size, deeplab2_dir):
   return {"bytes": _first_step_memory_bytes(_layer_step(kind, size, deeplab2_dir))}
 
 
-def _memory_model_child(size, batch, span):
-  """Predicted and measured training memory of Axial-ResNet-S (one process per size)."""
+def _memory_model_child(label, size, batch, span):
+  """Predicted and measured training-step memory of `label` (one process per size)."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from deeplab_axial import memory_model  # pylint: disable=import-outside-toplevel
-  model = _build_model("Axial-ResNet-S", span)
+  model = _build_model(label, span)
   predicted = memory_model.estimate_training_memory_bytes(model, batch, (size, size))
   train_step = _classification_train_step(model, batch, size)
-
-  return {"predicted": predicted, "measured": _first_step_memory_bytes(train_step)}
+  train_step.get_concrete_function()
+  tf.config.experimental.reset_memory_stats("CPU:0")
+  held = tf.config.experimental.get_memory_info("CPU:0")["current"]
+  resident = _current_rss_bytes()
+  train_step().numpy()
+  return {"predicted": predicted,
+          "measured": tf.config.experimental.get_memory_info("CPU:0")["peak"] - held,
+          "resident": _peak_rss_bytes() - resident}
 
 
 _CHILDREN = {"backbone": _backbone_child, "layers_time": _layers_time_child,
@@ -308,27 +317,23 @@ def _layers(args):
 
 def _memory(args):
   sizes = [65, 129] if args.quick else [224, 513, 769]
-  print(f"\n## Memory model: Axial-ResNet-S, span {_LOCAL_SPAN}, batch 1, training step "
-        f"(measured: peak resident-size growth during the first step, minus the same at "
-        f"{_OVERHEAD_CROP}²); {_load()}")
-  overhead = _run_child("memory_model", _OVERHEAD_CROP, 1, _LOCAL_SPAN)
-  if "error" in overhead:
-    print(f"{_OVERHEAD_CROP}² failed: {overhead['error']}")
-    return
-  print(f"first-step growth at {_OVERHEAD_CROP}²: {overhead['measured'] / 2**20:.0f} MB "
-        f"(predicted activations there: {overhead['predicted'] / 2**20:.0f} MB)")
-  print("| crop | predicted MB | first-step growth MB | minus overhead MB | "
-        "predicted / measured |")
-  print("|---|---|---|---|---|")
-  for size in sizes:
-    result = _run_child("memory_model", size, 1, _LOCAL_SPAN)
+  rows = [("Axial-ResNet-S", size) for size in sizes]
+  rows.append(("Axial-ResNet-S recompute", sizes[1]))
+  print(f"\n## Memory model: span {_LOCAL_SPAN}, batch 1, SGD-momentum training step "
+        f"(measured: TF CPU allocator peak during the first step minus what it held "
+        f"before); {_load()}")
+  print("| model | crop | predicted MB | measured MB | predicted / measured | "
+        "resident growth MB |")
+  print("|---|---|---|---|---|---|")
+  for label, size in rows:
+    result = _run_child("memory_model", label, size, 1, _LOCAL_SPAN)
     if "error" in result:
-      print(f"{size}² failed: {result['error']}")
+      print(f"{label} {size}² failed: {result['error']}")
       continue
-    measured = result["measured"] - overhead["measured"]
-    print(f"| {size}² | {result['predicted'] / 2**20:.0f} | "
-          f"{result['measured'] / 2**20:.0f} | {measured / 2**20:.0f} | "
-          f"{result['predicted'] / measured:.2f} |", flush=True)
+    print(f"| {label} | {size}² | {result['predicted'] / 2**20:.0f} | "
+          f"{result['measured'] / 2**20:.0f} | "
+          f"{result['predicted'] / result['measured']:.2f} | "
+          f"{result['resident'] / 2**20:.0f} |", flush=True)
 
 
 def _profile(args):

@@ -3,9 +3,9 @@
 `estimate_training_memory_bytes(model, batch_size, crop_size)` traces the model's
 training step (forward in training mode, a scalar loss over every output, gradients of
 the trainable weights) as a graph at the requested per-replica batch and crop — tracing
-allocates nothing — and replays the graph's ops in their creation order (forward, then
-the backward in reverse), a valid execution order: every op's outputs are allocated when
-it runs and freed after their last consumer has run. The peak of the live bytes is the
+allocates nothing — and replays the ops the step needs in their creation order
+(forward, then the backward in reverse), a valid execution order: every op's outputs are
+allocated when it runs and freed after their last consumer has run. The peak of the live bytes is the
 prediction. Ops that only re-label a buffer (reshape, identity, squeeze, ...) allocate
 nothing and keep their input's buffer alive as long as they are used; inputs, constants
 and variable reads (the weights) are not activations and are not counted. The weights, their gradients' optimizer slots and the TF runtime come on top;
@@ -43,8 +43,30 @@ def _tensor_bytes(tensor):
   return num_elements * tensor.dtype.size
 
 
+def _needed_operations(graph):
+  """The ops a run of `graph` executes: for a function graph, those its outputs and
+  control outputs (state updates) depend on; ops nothing needs are pruned by TF's
+  runtime (e.g. the zeros autodiff makes for gradients that are never used)."""
+  operations = graph.get_operations()
+  if not hasattr(graph, "outputs"):
+    return operations
+  needed = set()
+  pending = [t.op for t in graph.outputs] + list(graph.control_outputs)
+  while pending:
+    operation = pending.pop()
+    if operation in needed:
+      continue
+    needed.add(operation)
+    pending.extend(t.op for t in operation.inputs)
+    pending.extend(operation.control_inputs)
+  return [operation for operation in operations if operation in needed]
+
+
 def peak_live_bytes(graph):
   """Peak bytes of tensors alive at once when `graph`'s ops run in creation order.
+
+  Only the ops the graph's outputs need run (see `_needed_operations`). An output that
+  nothing consumes is freed as soon as its op has run, unless it is a graph output.
 
   Args:
     graph: a `tf.Graph` (e.g. a concrete function's graph) with static shapes.
@@ -52,7 +74,8 @@ def peak_live_bytes(graph):
   Returns:
     (peak bytes, number of op outputs whose size was unknown and counted as 0).
   """
-  operations = graph.get_operations()
+  operations = _needed_operations(graph)
+  results = {t.ref() for t in getattr(graph, "outputs", [])}
   buffer_of = {}  # tensor -> the tensor that allocated its buffer
   for operation in operations:
     for index, tensor in enumerate(operation.outputs):
@@ -64,6 +87,8 @@ def peak_live_bytes(graph):
   for index, operation in enumerate(operations):
     for tensor in operation.inputs:
       last_use[buffer_of[tensor.ref()].ref()] = index
+  for tensor in results:
+    last_use[buffer_of[tensor].ref()] = len(operations)
   live, peak, unknown = 0, 0, 0
   frees = {}
   for index, operation in enumerate(operations):
@@ -74,8 +99,7 @@ def peak_live_bytes(graph):
           unknown += 1
         if size:
           live += size
-          # Never consumed: the function's result, alive until the end.
-          frees.setdefault(last_use.get(tensor.ref(), len(operations)), []).append(size)
+          frees.setdefault(last_use.get(tensor.ref(), index), []).append(size)
     peak = max(peak, live)
     live -= sum(frees.pop(index, []))
   return peak, unknown

@@ -43,3 +43,16 @@ def test_bad_sizes_raise(batch, crop):
   model = tf_keras.Sequential([tf_keras.layers.Dense(2)])
   with pytest.raises(ValueError, match="positive int"):
     memory_model.estimate_training_memory_bytes(model, batch, crop)
+
+
+def test_unneeded_ops_and_unconsumed_outputs_hold_no_memory():
+  @tf.function
+  def split_chain(x):
+    tf.zeros([100000])  # nothing needs it: the runtime prunes it
+    a = x * 2.0  # 4000 bytes
+    p, _ = tf.split(a, 2)  # a, p and the unused half live: 8000; then only p (2000)
+    c = tf.concat([p] * 5, 0)  # p and c live: 2000 + 10000 = 12000, the peak
+    return tf.reduce_sum(c)
+
+  graph = split_chain.get_concrete_function(tf.TensorSpec([1000], tf.float32)).graph
+  assert memory_model.peak_live_bytes(graph) == (12000, 0)

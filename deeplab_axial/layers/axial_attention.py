@@ -289,8 +289,8 @@ def _retrieve_relative(weights, table):
 
   weights: `[s, blocks, heads, queries, keys]`; table: `[queries, keys, d]`. A batched
   matmul over queries. Its own gradient recomputes the queries-first transpose of the
-  weights instead of keeping it (one full-size tensor less between forward and
-  backward) and shares it between the weights and table gradients.
+  weights, once the backward pass reaches it, instead of keeping it (one full-size
+  tensor less between forward and backward).
   """
   shape = tf.shape(weights)
 
@@ -308,8 +308,13 @@ def _retrieve_relative(weights, table):
                           [shape[3], shape[0] * shape[1] * shape[2], -1])
       d_weights = tf.matmul(d_rows, table, transpose_b=True)  # [i, s*j*h, w]
       d_weights = tf.reshape(d_weights, [shape[3], shape[0], shape[1], shape[2], -1])
+      # Without the dependency the executor transposes as soon as the forward weights
+      # exist and keeps the copy through the rest of the forward pass (measured: one
+      # full-size tensor per layer alive at the step's peak).
+      with tf.control_dependencies([d_rows]):
+        weights_rows = queries_first(weights)
       return (tf.transpose(d_weights, [1, 2, 3, 0, 4]),
-              tf.matmul(queries_first(weights), d_rows, transpose_a=True))
+              tf.matmul(weights_rows, d_rows, transpose_a=True))
 
     return tf.transpose(rows, [1, 2, 0, 3, 4]), gradient
 
