@@ -12,8 +12,9 @@ and variable reads (the weights) are not activations and are not counted. The we
 the gradients themselves are counted (they are live at the end of the step).
 
 So users can size a per-replica batch for an accelerator they do not have at hand:
-the prediction depends only on the graph, not on this machine. Measured against this
-CPU's peak-RSS growth during a step in benchmarks/README.md ("Memory model").
+the prediction depends only on the graph, not on this machine. Measured against the
+peak of TF's CPU allocator during a step (the figure `tf.config.experimental.
+get_memory_info` gives for a GPU too) in benchmarks/README.md ("Memory model").
 """
 import tensorflow as tf
 

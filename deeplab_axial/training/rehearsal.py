@@ -361,9 +361,10 @@ def estimate_step_memory(model, image_shape):
   The activations, the backward's temporaries and the gradients as
   `deeplab_axial.memory_model` predicts them from the traced step at this exact shape,
   plus `_WEIGHT_COPIES` copies of the trainable weights (the weights, two optimizer
-  moments and Lookahead's slow copy). The memory model under-predicts large crops by up
-  to ~30% on CPU (benchmarks/README.md, "Memory model"); the run/trace decision keeps
-  `_MEMORY_HEADROOM` for that.
+  moments and Lookahead's slow copy). The memory model is within 10% of TF's allocator
+  peak for Axial-ResNet-S at 224²-769² (benchmarks/README.md, "Memory model"); the
+  run/trace decision keeps `_MEMORY_HEADROOM` for the runtime's own memory, which the
+  process's resident size adds to that.
 
   Args:
     model: the built Keras model.

@@ -1,4 +1,5 @@
 """Tests of PositionSensitiveAxialAttention against a NumPy reference and PyTorch."""
+import contextlib
 import os
 import tempfile
 
@@ -467,3 +468,60 @@ def test_compute_multiply_adds(span, expected_length):
   expected = (positions * channels * (2 * key_depth + value_depth)
               + positions * expected_length * (3 * key_depth + 2 * value_depth))
   assert layer.compute_multiply_adds([1, 56, 56, 64]) == expected
+
+
+@pytest.mark.parametrize("paused", [False, True])
+def test_output_batch_norm_equals_keras_batch_norm_over_the_interleaved_terms(paused):
+  """The two terms, normalized each with its half of the output batch norm, then summed,
+  equal tf_keras' fused BatchNormalization over the (channel, term)-interleaved 2 * filters
+  channels followed by the sum of each channel's pair: outputs, gradients and moving
+  statistics after two training steps (not moved inside a recomputation), then
+  inference."""
+  from deeplab_axial.layers import recompute  # pylint: disable=import-outside-toplevel
+  filters = 8
+  layer = PositionSensitiveAxialAttention(filters, "width", num_heads=2,
+                                          batch_norm_momentum=0.7)
+  layer.build([2, 5, 7, 4])
+  rng = np.random.default_rng(5)
+  norm = layer.output_batch_norm
+  norm.set_weights([rng.uniform(0.5, 2.0, w.shape).astype(np.float32) if i in (0, 3)
+                    else rng.normal(size=w.shape).astype(np.float32)
+                    for i, w in enumerate(norm.get_weights())])
+  reference = tf_keras.layers.BatchNormalization(momentum=0.7, epsilon=norm.epsilon)
+  reference.build([None, None, None, 2 * filters])
+  reference.set_weights(norm.get_weights())
+  content, position = (tf.constant(rng.normal(1.0, 2.0, [2, 5, 7, filters]), tf.float32)
+                       for _ in range(2))
+  upstream = tf.constant(rng.normal(size=[2, 5, 7, filters]), tf.float32)
+
+  def interleaved_reference(training):
+    stacked = tf.reshape(tf.stack([content, position], -1), [2, 5, 7, 2 * filters])
+    return tf.reduce_sum(tf.reshape(reference(stacked, training=training),
+                                    [2, 5, 7, filters, 2]), -1)
+
+  @tf.function
+  def step(training):
+    with tf.GradientTape(persistent=True) as tape:
+      tape.watch([content, position])
+      ours = layer._normalized_sum(content, position, training)  # pylint: disable=protected-access
+      theirs = interleaved_reference(training)
+    sources = [content, position, norm.gamma, norm.beta]
+    ours_gradients = tape.gradient(ours, sources, output_gradients=upstream)
+    theirs_gradients = tape.gradient(theirs, [content, position, reference.gamma,
+                                              reference.beta], output_gradients=upstream)
+    return ours, theirs, ours_gradients, theirs_gradients
+
+  initial = norm.get_weights()
+  for _ in range(2):
+    with recompute.statistics_paused() if paused else contextlib.nullcontext():
+      ours, theirs, ours_gradients, theirs_gradients = step(True)
+    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-5)
+    for mine, keras in zip(ours_gradients, theirs_gradients):
+      np.testing.assert_allclose(mine.numpy(), keras.numpy(), rtol=1e-4, atol=1e-4)
+  expected = initial if paused else reference.get_weights()
+  assert not np.allclose(initial[2], reference.get_weights()[2])  # the reference moved
+  for mine, value in zip(norm.get_weights(), expected):
+    np.testing.assert_allclose(mine, value, rtol=1e-5, atol=1e-6)
+  reference.set_weights(norm.get_weights())
+  ours, theirs, _, _ = step(False)
+  np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-5)
