@@ -265,6 +265,17 @@ def _masked_content_sums(q, k, valid, dtype):
   return sums(q, k)
 
 
+def _heads_first(x):
+  """`[s, blocks, positions, heads, d]` <-> `[s, blocks, heads, positions, d]`.
+
+  The full-size products run as batched matmuls over (s, blocks, heads) on operands
+  transposed here (small: positions x depth): measured ~2x faster at 56² than einsum
+  of the same contraction, which transposed its result and, in the gradient, took a
+  slower contraction order.
+  """
+  return tf.transpose(x, [0, 1, 3, 2, 4])
+
+
 def _relative_logits(x, table, by_key):
   """x . table per pair: `[s, blocks, heads, queries, keys]` logits of a relative term.
 
@@ -743,7 +754,8 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
       q_content = tf.concat([q_content, ones], -1)
       key_mask = tf.cast((1.0 - key_inside) * masked_logit, k.dtype)[None, :, :, None, None]
       k = tf.concat([k, key_mask + tf.zeros_like(k[..., :1])], -1)
-    content = tf.einsum("sjihd,sjwhd->sjhiw", q_content, k, name="content_logits")
+    with tf.name_scope("content_logits"):
+      content = tf.matmul(_heads_first(q_content), _heads_first(k), transpose_b=True)
     with tf.name_scope("query_position_logits"):
       query_position = _relative_logits(q_position, r_q, by_key=False)
     with tf.name_scope("key_position_logits"):
@@ -775,7 +787,8 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
                                         self.value_depth], -1)
     logits = self._similarity_logits(q, k, r_q, r_k, valid, band, key_inside, training)
     weights = tf.cast(tf.nn.softmax(logits, axis=-1), v.dtype)
-    retrieved_content = tf.einsum("sjhiw,sjwhd->sjihd", weights, v, name="retrieve_content")
+    with tf.name_scope("retrieve_content"):
+      retrieved_content = _heads_first(tf.matmul(weights, _heads_first(v)))
     with tf.name_scope("retrieve_position"):
       retrieved_position = _retrieve_relative(weights, r_v)
 
