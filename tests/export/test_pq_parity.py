@@ -23,7 +23,9 @@ from tests.export import export_fixtures
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _DEMO_CONFIG = os.path.join(_REPO, "configs", "shapes", "axial_deeplab_demo.textproto")
-_TRAIN_STEPS = 400
+# Brief training that still segments: the demo recipe at 10x its learning rate (0.01,
+# 10 warmup steps) with BN momentum 0.9, 150 steps at batch 8 (see the PQ assertion).
+_TRAIN_STEPS = 150
 
 
 def _panoptic_quality(info, labels, predictions):
@@ -43,7 +45,8 @@ def trained_demo(tmp_path_factory):
   config = config_lib.load_config(_DEMO_CONFIG, [
       f"train.steps: {_TRAIN_STEPS}", f"train.checkpoint_interval: {_TRAIN_STEPS}",
       "train.steps_per_loop: 50", f"eval.interval: {_TRAIN_STEPS}",
-      "solver.warmup_steps: 20", "model.batch_norm_momentum: 0.9"])
+      "solver.learning_rate: 0.01", "solver.warmup_steps: 10",
+      "model.batch_norm_momentum: 0.9"])
   experiment.run_experiment(config, "train", model_dir, data_dir=data_dir)
   experiment.run_experiment(config, "eval", model_dir, data_dir=data_dir)
   evaluated = experiment.read_metrics(os.path.join(model_dir, experiment.METRICS_FILE))
@@ -72,8 +75,9 @@ def test_exported_model_pq_on_demo_val_split_equals_evaluator(trained_demo, tmp_
     for key in ("pq", "sq", "rq", "pq_th", "pq_st"):
       assert float(exported[key]) == pytest.approx(evaluated[key], abs=1e-9), (signature,
                                                                                key)
-  # Equality is only telling if the model segments something: PQ well above zero (0.13
-  # measured after 400 steps), with true positives among both things and stuff.
+  # Equality is only telling if the model segments something: PQ well above zero (0.29,
+  # things 0.29, stuff 0.29 measured after the 150 steps; the learning rate 0.001 of the
+  # demo needed 400 steps for 0.13), with true positives among both things and stuff.
   assert evaluated["pq"] > 0.1, evaluated
   assert evaluated["pq_th"] > 0 and evaluated["pq_st"] > 0, evaluated
 
