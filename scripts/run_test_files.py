@@ -6,7 +6,8 @@ XLA compilations): one pytest process running many of them keeps the memory of e
 exhausted this 24 GB machine. A process per file returns all of it when the file is done,
 and a file is only started while the machine has `--start_above_gb` of memory available.
 
-Usage: python scripts/run_test_files.py [--jobs 2] [-m MARKEXPR] [pytest args ...]
+Usage: python scripts/run_test_files.py [--jobs 2] [-m MARKEXPR] [--first FILE ...]
+       [pytest args ...]
 The marker and pytest args select the tests (as `pytest --collect-only` would); each
 file then runs exactly its selected tests. Prints each file's pytest output when the file
 is done, then one summary line; exits 1 when a file failed (pytest's "no tests
@@ -78,9 +79,14 @@ def main():
                       help="start another file only with this much memory available "
                            "(one file always runs)")
   parser.add_argument("-m", dest="marker", default="", help="pytest marker expression")
+  parser.add_argument("--first", nargs="+", default=[], metavar="FILE",
+                      help="start these files (those selected) before the others, in this "
+                           "order: the longest first, so that short files fill the end")
   args, pytest_args = parser.parse_known_args()
   start = time.monotonic()
-  pending = list(_tests_by_file(args.marker, pytest_args).items())
+  selected = _tests_by_file(args.marker, pytest_args)
+  first = [path for path in args.first if path in selected]
+  pending = [(path, selected.pop(path)) for path in first] + list(selected.items())
   total = len(pending)
   running, failed = [], []
   while pending or running:

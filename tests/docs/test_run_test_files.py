@@ -42,3 +42,17 @@ def test_each_file_runs_its_selected_tests_in_its_own_process(tmp_path):
                            timeout=300)
   assert passing.returncode == 0, passing.stdout + passing.stderr
   assert "== 1/1 test files passed in" in passing.stdout
+
+
+def test_files_named_first_start_first(tmp_path):
+  (tmp_path / "pytest.ini").write_text("[pytest]\naddopts = -p no:cacheprovider\n")
+  for name in ("test_a.py", "test_b.py", "test_c.py"):
+    (tmp_path / name).write_text(
+        "def test_it(): open('order', 'a').write(__name__ + ' ')\n")
+  # One job: files run one after another, so the order they append in is the start order.
+  result = subprocess.run([sys.executable, _SCRIPT, "--jobs", "1", "--first", "test_c.py",
+                           "test_missing.py", "test_b.py"],
+                          cwd=tmp_path, capture_output=True, text=True, check=False,
+                          timeout=300)
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert (tmp_path / "order").read_text().split() == ["test_c", "test_b", "test_a"]
