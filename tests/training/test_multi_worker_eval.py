@@ -2,9 +2,10 @@
 
 Each test runs experiments in a 2-worker cluster (`TF_CONFIG` on loopback, one CPU replica
 per worker), then evaluates the chief's checkpoint in this process with one replica and
-compares every metric. The panoptic model is first trained here on one replica until its
-PQ and AP are above 0 (equal zeros would prove nothing); the workers resume that
-checkpoint (1 replica -> 2 workers), train 2 more steps and evaluate. The val split (5 images) is not a multiple of the global eval batch
+compares every metric. The panoptic model is first trained briefly here on one replica
+(it then segments the classes, mIoU > 0, and writes predictions with segments, compared
+byte for byte); the workers resume that checkpoint (1 replica -> 2 workers), train 2 more
+steps and evaluate. The val split (5 images) is not a multiple of the global eval batch
 (4 = 2 per worker), so the last batch holds one real image on worker 0 and none on worker
 1: `num_images` (counted on the replicas from `valid`, summed over workers) must be 5.
 
@@ -127,7 +128,12 @@ def test_panoptic_pq_miou_ap_and_predictions_on_two_workers_equal_one_worker(
   expected, reference_dir = _evaluate_on_one_worker(config_text, model_dir,
                                                     tmp_path / "reference")
 
-  assert expected["pq"] > 0 and expected["ap"] > 0 and expected["miou"] > 0, expected
+  # The brief pretraining segments the classes (mIoU 0.02-0.15 measured) but rarely
+  # matches instances: PQ and AP were 0.004 and 0.0004 in one run and exactly 0 after a
+  # change of float rounding (300 steps: PQ 0.001), so they are compared, not required
+  # above 0. What makes their equality telling is below: the 5 written predictions, with
+  # segments in them, are byte-identical.
+  assert expected["miou"] > 0, expected
   assert expected["num_images"] == _NUM_VAL
   assert {"pq", "miou", "ap", "ap50"} <= set(expected)
   for index, results in enumerate(workers):
@@ -145,6 +151,10 @@ def test_panoptic_pq_miou_ap_and_predictions_on_two_workers_equal_one_worker(
   assert _files_under(chief_dir) == files
   for name in files:
     assert (chief_dir / name).read_bytes() == (single_dir / name).read_bytes(), name
+  annotations = [json.loads((single_dir / name).read_text())["annotations"]
+                 for name in files if name.endswith(".json")]
+  segments = [a["segments_info"] for group in annotations for a in group]
+  assert len(segments) == _NUM_VAL and sum(map(len, segments)) > 0, segments
 
 
 # A plain-Keras stand-in backbone keeps the semantic and classification runs cheap; the
