@@ -5,8 +5,8 @@ training step (forward in training mode, a scalar loss over every output, gradie
 the trainable weights) as a graph at the requested per-replica batch and crop — tracing
 allocates nothing — and replays the ops the step needs in their creation order
 (forward, then the backward in reverse), a valid execution order: every op's outputs are
-allocated when it runs and freed after their last consumer has run. The peak of the live bytes is the
-prediction. Ops that only re-label a buffer (reshape, identity, squeeze, ...) allocate
+allocated when it runs and freed after their last consumer has run. The peak of the
+live bytes is the prediction. Ops that only re-label a buffer (reshape, identity, squeeze, ...) allocate
 nothing and keep their input's buffer alive as long as they are used; inputs, constants
 and variable reads (the weights) are not activations and are not counted. The weights, their gradients' optimizer slots and the TF runtime come on top;
 the gradients themselves are counted (they are live at the end of the step).
