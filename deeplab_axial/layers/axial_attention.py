@@ -70,6 +70,7 @@ import math
 import tensorflow as tf
 import tf_keras
 
+from deeplab_axial.layers import fused_attention
 from deeplab_axial.layers import recompute
 from deeplab_axial.layers import validation
 
@@ -452,8 +453,55 @@ def _gram_sums(q, k, r_q, r_k, pair_weights, with_content):
   return sums(q, k, r_q, r_k)
 
 
-def _sum_in_dtype(terms, dtype):
-  return tf.add_n([tf.cast(t, dtype) for t in terms])
+def _attend_with_tf_ops(operands, late_offset, v, r_v, dtype):
+  """softmax(logits) retrievals of v and r^v with TF ops (any device, XLA, any dtype).
+
+  Args:
+    operands: (q_content, k_content, q_position, r_q, k_position, r_k) of
+      `PositionSensitiveAxialAttention._logit_operands`, queries/keys
+      `[s, blocks, positions, heads, depth]` and tables `[queries, keys, depth]`.
+    late_offset: None or `[heads]` added to the logits.
+    v: `[s, blocks, keys, heads, dv]`; r_v: `[queries, keys, dv]`.
+    dtype: the dtype of the logits and the softmax (the variable dtype).
+
+  Returns:
+    (content, position), each `[s, blocks, queries, heads, dv]`.
+  """
+  q_content, k_content, q_position, r_q, k_position, r_k = operands
+  with tf.name_scope("content_logits"):
+    content = tf.matmul(_heads_first(q_content), _heads_first(k_content), transpose_b=True)
+  with tf.name_scope("query_position_logits"):
+    query_position = _relative_logits(q_position, r_q, by_key=False)
+  with tf.name_scope("key_position_logits"):
+    key_position = _relative_logits(k_position, r_k, by_key=True)
+  logits = tf.add_n([tf.cast(t, dtype) for t in (content, query_position, key_position)])
+  if late_offset is not None:
+    logits += late_offset[:, None, None]
+  weights = tf.cast(tf.nn.softmax(logits, axis=-1), v.dtype)
+  with tf.name_scope("retrieve_content"):
+    retrieved_content = _heads_first(tf.matmul(weights, _heads_first(v)))
+  with tf.name_scope("retrieve_position"):
+    retrieved_position = _retrieve_relative(weights, r_v)
+  return retrieved_content, retrieved_position
+
+
+def _attend_fused(operands, v, r_v):
+  """As `_attend_with_tf_ops` (no late offset, float32) on the fused CPU kernel."""
+  q_content, k_content, q_position, r_q, k_position, r_k = operands
+
+  def sequences_of_blocks(x):  # [s, blocks, positions, h, d] -> [s * blocks, ...]
+    shape = tf.shape(x)
+    return tf.reshape(x, tf.concat([[shape[0] * shape[1]], shape[2:]], 0))
+
+  shape = tf.shape(q_content)
+  content, position = fused_attention.attend(
+      sequences_of_blocks(q_content), sequences_of_blocks(k_content),
+      sequences_of_blocks(q_position), r_q, sequences_of_blocks(k_position), r_k,
+      sequences_of_blocks(v), r_v)
+  output_shape = tf.concat([shape[:4], tf.shape(v)[-1:]], 0)
+  static_shape = q_content.shape[:4].concatenate(v.shape[-1:])
+  return tuple(tf.ensure_shape(tf.reshape(x, output_shape), static_shape)
+               for x in (content, position))
 
 
 @tf_keras.saving.register_keras_serializable(package="deeplab_axial")
@@ -697,8 +745,8 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
 
   # -- forward -----------------------------------------------------------------------
 
-  def _similarity_logits(self, q, k, r_q, r_k, valid, band, key_inside, training):
-    """Normalized logits qk + qr + kr `[s, blocks, heads, queries, keys]`.
+  def _logit_operands(self, q, k, r_q, r_k, valid, band, key_inside, training):
+    """The operands of the normalized logits qk + qr + kr, and a late offset.
 
     The similarity batch norm is an affine map per (term, head) (see
     `SimilarityBatchNormalization`), so its scales are folded into q and k before the
@@ -706,10 +754,11 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
     `_similarity_sums` (Gram matrices, no per-term tensors). The only full-size tensor
     besides the logits is the masked qk term when a mask restricts the training
     statistics, and the backward pass recomputes it instead of keeping it. The per-head
-    offset (kept in training so that beta stays in the graph) and the masks ride along in the einsums as extra depth channels, (q: offset, r^q: 1),
-    (q: 1, r^q: 0 or the masked logit) and (q: 1, k: 0 or the masked logit): a separate
-    add or select on the full logits, and its gradient's reduction, cost more (under
-    XLA a select cost ~40% of the layer at 65²). Returns the variable dtype.
+    offset (kept in training so that beta stays in the graph) and the masks ride along
+    in the contractions as extra depth channels, (q: offset, r^q: 1), (q: 1, r^q: 0 or
+    the masked logit) and (q: 1, k: 0 or the masked logit): a separate add or select on
+    the full logits, and its gradient's reduction, cost more (under XLA a select cost
+    ~40% of the layer at 65²).
 
     Args:
       q: `[s, blocks, queries, heads, dq]`; k: `[s, blocks, keys, heads, dq]`.
@@ -718,6 +767,11 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
       band: None or a 0/1 `[queries, keys]` mask (logits).
       key_inside: None or a 0/1 `[blocks, keys]` mask (logits).
       training: as in `call`.
+
+    Returns:
+      ((q_content, k_content, q_position, r_q, k_position, r_k), late_offset): logits
+      = q_content . k_content + q_position . r_q + k_position . r_k (+ late_offset
+      `[heads]`, only for float16/bfloat16 compute with a float32 offset, else None).
     """
     training = _resolve_training(training)
     dtype = self.variable_dtype
@@ -754,14 +808,7 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
       q_content = tf.concat([q_content, ones], -1)
       key_mask = tf.cast((1.0 - key_inside) * masked_logit, k.dtype)[None, :, :, None, None]
       k = tf.concat([k, key_mask + tf.zeros_like(k[..., :1])], -1)
-    with tf.name_scope("content_logits"):
-      content = tf.matmul(_heads_first(q_content), _heads_first(k), transpose_b=True)
-    with tf.name_scope("query_position_logits"):
-      query_position = _relative_logits(q_position, r_q, by_key=False)
-    with tf.name_scope("key_position_logits"):
-      key_position = _relative_logits(k_position, r_k, by_key=True)
-    logits = _sum_in_dtype([content, query_position, key_position], dtype)
-    return logits if late_offset is None else logits + late_offset[:, None, None]
+    return (q_content, k, q_position, r_q, k_position, r_k), late_offset
 
 
   def call(self, inputs, training=None):
@@ -785,12 +832,13 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
     relative = tf.gather(tf.cast(self.relative_embeddings, q.dtype), rows)
     r_q, r_k, r_v = tf.split(relative, [self.query_depth, self.query_depth,
                                         self.value_depth], -1)
-    logits = self._similarity_logits(q, k, r_q, r_k, valid, band, key_inside, training)
-    weights = tf.cast(tf.nn.softmax(logits, axis=-1), v.dtype)
-    with tf.name_scope("retrieve_content"):
-      retrieved_content = _heads_first(tf.matmul(weights, _heads_first(v)))
-    with tf.name_scope("retrieve_position"):
-      retrieved_position = _retrieve_relative(weights, r_v)
+    operands, late_offset = self._logit_operands(q, k, r_q, r_k, valid, band, key_inside,
+                                                 training)
+    if late_offset is None and fused_attention.usable(q.dtype, _resolve_training(training)):
+      retrieved_content, retrieved_position = _attend_fused(operands, v, r_v)
+    else:
+      retrieved_content, retrieved_position = _attend_with_tf_ops(
+          operands, late_offset, v, r_v, self.variable_dtype)
 
     blocks, block = retrieved_content.shape[1:3]
     # The dense plan has no query past the axis end; a no-op slice would still cost a

@@ -1,0 +1,164 @@
+"""The fused CPU kernel of the axial attention core, compiled from source on first use.
+
+`PositionSensitiveAxialAttention` computes logits = qk + qr + kr, their softmax and the
+two retrievals either with TF ops (any device, XLA, float16/bfloat16) or, when training
+in float32 on a CPU, with the fused kernel in `kernels/axial_attention.cc`: one pass per
+(sequence, head) that keeps each logit row in cache and saves only the log-normalizer
+for the backward pass, which recomputes the weights. The TF-op path writes and reads
+the full `[sequences, heads, queries, keys]` logits dozens of times per step.
+
+The kernel is compiled with the system C++ compiler (`$CXX`, default `g++`) against the
+installed TensorFlow's headers, once per (source, TensorFlow version, CPU), into
+`$DEEPLAB_AXIAL_KERNEL_CACHE` (default `~/.cache/deeplab_axial/kernels`); this takes a
+few seconds. Without a compiler, or when the build fails, a warning names the reason
+and the TF-op path runs (same results up to float rounding). Set
+`DEEPLAB_AXIAL_FUSED_KERNEL=0` to always use the TF-op path.
+
+Where the kernel does not run:
+* while a SavedModel is written (`tf.saved_model.save`, `model.save`, our export; Keras
+  traces the training-mode call into it too): a SavedModel must hold only stock TF ops
+  so that TF Serving and `tf.saved_model.load` without this package can run it;
+* inference (`training` not True), which is what gets exported and served;
+* under XLA (`jit_compile=True`, TPUs): XLA cannot compile a custom op;
+* machines with a GPU: the kernel is CPU-only and would move the attention off the GPU;
+* inside `tf_ops_only()`, for comparisons.
+"""
+import contextlib
+import functools
+import hashlib
+import logging
+import os
+import pathlib
+import subprocess
+import tempfile
+import threading
+
+import tensorflow as tf
+# Private TF modules that tf_keras itself uses for the same two questions.
+from tensorflow.python.ops import control_flow_util
+from tensorflow.python.saved_model import save_context
+
+_SOURCE = pathlib.Path(__file__).parent / "kernels" / "axial_attention.cc"
+_DISABLE_VARIABLE = "DEEPLAB_AXIAL_FUSED_KERNEL"
+_CACHE_VARIABLE = "DEEPLAB_AXIAL_KERNEL_CACHE"
+
+
+class _TfOpsOnlyDepth(threading.local):
+  """How many `tf_ops_only` blocks the current thread is inside."""
+
+  def __init__(self):
+    super().__init__()
+    self.depth = 0
+
+
+_TF_OPS_ONLY = _TfOpsOnlyDepth()
+
+
+@contextlib.contextmanager
+def tf_ops_only():
+  """Within the block (this thread) attention layers trace only stock TF ops."""
+  _TF_OPS_ONLY.depth += 1
+  try:
+    yield
+  finally:
+    _TF_OPS_ONLY.depth -= 1
+
+
+def _cpu_flags():
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      return next((line for line in f if line.startswith("flags")), "")
+  except OSError:
+    return ""
+
+
+def _compile_command(output):
+  include_and_defines = tf.sysconfig.get_compile_flags()
+  return ([os.environ.get("CXX", "g++"), "-shared", "-fPIC", "-O3", "-march=native",
+           "-fno-math-errno", "-w", str(_SOURCE), "-o", output] + include_and_defines
+          + tf.sysconfig.get_link_flags())
+
+
+@functools.lru_cache(maxsize=None)
+def load_library():
+  """The loaded op library, or None (after one warning saying why) when unavailable."""
+  if os.environ.get(_DISABLE_VARIABLE, "1") == "0":
+    return None
+  key = hashlib.sha256()
+  key.update(_SOURCE.read_bytes())
+  key.update(tf.__version__.encode())
+  key.update(" ".join(_compile_command("")).encode())
+  key.update(_cpu_flags().encode())
+  cache = pathlib.Path(os.environ.get(_CACHE_VARIABLE) or
+                       pathlib.Path.home() / ".cache" / "deeplab_axial" / "kernels")
+  library = cache / f"axial_attention_{key.hexdigest()[:16]}.so"
+  try:
+    if not library.exists():
+      cache.mkdir(parents=True, exist_ok=True)
+      # Built beside its final name and renamed: concurrent first uses (test workers,
+      # replicas of a job on one host) never load a half-written file.
+      with tempfile.TemporaryDirectory(dir=cache) as scratch:
+        built = os.path.join(scratch, library.name)
+        result = subprocess.run(_compile_command(built), capture_output=True, text=True,
+                                check=False)
+        if result.returncode:
+          raise RuntimeError(f"{' '.join(_compile_command(built)[:1])} exited with "
+                             f"{result.returncode}: {result.stderr.strip()[-2000:]}")
+        os.replace(built, library)
+    return tf.load_op_library(str(library))
+  except (OSError, RuntimeError, tf.errors.NotFoundError) as error:
+    logging.warning("deeplab_axial: the fused axial-attention CPU kernel is unavailable "
+                    "(%s); training uses the TF-op attention path (same results, slower "
+                    "on a CPU). Set %s=0 to silence this.", error, _DISABLE_VARIABLE)
+    return None
+
+
+def usable(dtype, training):
+  """Whether the attention of this trace may run on the fused kernel (module docstring)."""
+  if training is not True or dtype != tf.float32 or _TF_OPS_ONLY.depth:
+    return False
+  if save_context.in_save_context():
+    return False
+  if control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
+    return False
+  if tf.config.list_logical_devices("GPU"):
+    return False
+  return load_library() is not None
+
+
+def attend(query_content, key_content, query_position, query_table, key_position,
+           key_table, value, value_table):
+  """Softmax attention with content and relative terms, on the fused kernel.
+
+  logits[n,h,i,w] = query_content[n,i,h] . key_content[n,w,h]
+                    + query_position[n,i,h] . query_table[i,w]
+                    + key_position[n,w,h] . key_table[i,w]
+
+  Args:
+    query_content: `[sequences, queries, heads, Dc]`; key_content `[sequences, keys,
+      heads, Dc]`.
+    query_position: `[sequences, queries, heads, Dp]`; query_table `[queries, keys, Dp]`.
+    key_position: `[sequences, keys, heads, Dr]`; key_table `[queries, keys, Dr]`.
+    value: `[sequences, keys, heads, Dv]`; value_table `[queries, keys, Dv]`.
+    All float32.
+
+  Returns:
+    (content, position), each `[sequences, queries, heads, Dv]`: sum_w softmax_w(logits)
+    times value[n,w,h], and times value_table[i,w].
+  """
+  ops = load_library()
+
+  @tf.custom_gradient
+  def fused(*operands):
+    content, position, log_normalizer = ops.deeplab_axial_attention_forward(*operands)
+
+    def gradient(d_content, d_position):
+      d_content = tf.zeros_like(content) if d_content is None else d_content
+      d_position = tf.zeros_like(position) if d_position is None else d_position
+      return ops.deeplab_axial_attention_backward(*operands, log_normalizer, d_content,
+                                                  d_position)
+
+    return (content, position), gradient
+
+  return fused(query_content, key_content, query_position, query_table, key_position,
+               key_table, value, value_table)
