@@ -3,7 +3,8 @@
 Parts (`--parts`, default all but `profile`):
 
 * `backbones`: training img/s (forward + backward + SGD-momentum update, one
-  `tf.function`) and peak memory of Axial-ResNet-S (`--models` adds M, L) against ResNet-50
+  `tf.function`) and peak memory of Axial-ResNet-S (`--models` adds M, L, and
+  "Axial-ResNet-S TF-op attention": without the fused CPU attention kernel) against ResNet-50
   at 224² batch 4 (global span) and 513² batch 1 (span 65). Every (model, setting) runs in
   its own subprocess; the models alternate, `--rounds` times, and the best step time and
   the smallest peak of each are kept. Peak = the child's `ru_maxrss`; "train MB" subtracts
@@ -21,7 +22,9 @@ Parts (`--parts`, default all but `profile`):
   at 224², 513², 769², and with recomputed blocks at 513² (one subprocess each). Measured
   = the peak of TensorFlow's CPU allocator during the first step minus what it held
   before the step (weights and optimizer slots): `tf.config.experimental
-  .get_memory_info("CPU:0")`, the measure GPU users read for "GPU:0". The growth of the
+  .get_memory_info("CPU:0")`, the measure GPU users read for "GPU:0". The prediction is
+  for the TF-op attention (what GPUs and TPUs run), so that step is traced without the
+  fused CPU kernel; the same measure with the kernel is printed last. The growth of the
   peak resident size is printed beside it (it adds the runtime's one-off first-step
   costs and the allocator's own slack).
 * `profile`: per-op time of one axial block's training step (see benchmarks/README.md).
@@ -58,7 +61,11 @@ _MODELS = {
                        {"name": "axial_resnet_l"}),
     "Axial-ResNet-S recompute": ("deeplab_axial.models", "axial_resnet",
                                  {"name": "axial_resnet_s", "recompute": True}),
+    "Axial-ResNet-S TF-op attention": ("deeplab_axial.models", "axial_resnet",
+                                       {"name": "axial_resnet_s"}),
 }
+# Models whose child process runs without the fused CPU attention kernel.
+_TF_OP_ATTENTION = {"Axial-ResNet-S TF-op attention"}
 _LAYER_CHANNELS = 64
 _LOCAL_SPAN = 65
 
@@ -97,6 +104,8 @@ def _peak_rss_bytes():
 def _build_model(label, span):
   import importlib  # pylint: disable=import-outside-toplevel
   module_name, function_name, kwargs = _MODELS[label]
+  if label in _TF_OP_ATTENTION:  # read when the first training step is traced
+    os.environ["DEEPLAB_AXIAL_FUSED_KERNEL"] = "0"
   kwargs = dict(kwargs)
   if label != "ResNet-50":
     kwargs.update(span=span)
@@ -202,20 +211,33 @@ def _layer_memory_child(kind, size, deeplab2_dir):
 
 
 def _memory_model_child(label, size, batch, span):
-  """Predicted and measured training-step memory of `label` (one process per size)."""
+  """Predicted and measured training-step memory of `label` (one process per size).
+
+  Measured twice: with the TF-op attention that the prediction is for (what GPUs and
+  TPUs run), then with the fused CPU kernel.
+  """
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from deeplab_axial import memory_model  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from deeplab_axial.layers import fused_attention
   model = _build_model(label, span)
   predicted = memory_model.estimate_training_memory_bytes(model, batch, (size, size))
-  train_step = _classification_train_step(model, batch, size)
-  train_step.get_concrete_function()
-  tf.config.experimental.reset_memory_stats("CPU:0")
-  held = tf.config.experimental.get_memory_info("CPU:0")["current"]
-  resident = _current_rss_bytes()
-  train_step().numpy()
-  return {"predicted": predicted,
-          "measured": tf.config.experimental.get_memory_info("CPU:0")["peak"] - held,
-          "resident": _peak_rss_bytes() - resident}
+  result = {"predicted": predicted}
+  for key in ("measured", "measured_fused"):
+    train_step = _classification_train_step(model, batch, size)
+    if key == "measured":
+      with fused_attention.tf_ops_only():
+        train_step.get_concrete_function()
+    else:
+      train_step.get_concrete_function()
+    tf.config.experimental.reset_memory_stats("CPU:0")
+    held = tf.config.experimental.get_memory_info("CPU:0")["current"]
+    resident = _current_rss_bytes()
+    train_step().numpy()
+    result[key] = tf.config.experimental.get_memory_info("CPU:0")["peak"] - held
+    if key == "measured":  # the first step of the process: its resident growth
+      result["resident"] = _peak_rss_bytes() - resident
+  return result
 
 
 _CHILDREN = {"backbone": _backbone_child, "layers_time": _layers_time_child,
@@ -322,9 +344,9 @@ def _memory(args):
   print(f"\n## Memory model: span {_LOCAL_SPAN}, batch 1, SGD-momentum training step "
         f"(measured: TF CPU allocator peak during the first step minus what it held "
         f"before); {_load()}")
-  print("| model | crop | predicted MB | measured MB | predicted / measured | "
-        "resident growth MB |")
-  print("|---|---|---|---|---|---|")
+  print("| model | crop | predicted MB | measured MB (TF-op attention) | "
+        "predicted / measured | resident growth MB | measured MB, fused CPU kernel |")
+  print("|---|---|---|---|---|---|---|")
   for label, size in rows:
     result = _run_child("memory_model", label, size, 1, _LOCAL_SPAN)
     if "error" in result:
@@ -333,7 +355,8 @@ def _memory(args):
     print(f"| {label} | {size}² | {result['predicted'] / 2**20:.0f} | "
           f"{result['measured'] / 2**20:.0f} | "
           f"{result['predicted'] / result['measured']:.2f} | "
-          f"{result['resident'] / 2**20:.0f} |", flush=True)
+          f"{result['resident'] / 2**20:.0f} | "
+          f"{result['measured_fused'] / 2**20:.0f} |", flush=True)
 
 
 def _profile(args):

@@ -12,11 +12,15 @@ and variable reads (the weights) are not activations and are not counted. The we
 the gradients themselves are counted (they are live at the end of the step).
 
 So users can size a per-replica batch for an accelerator they do not have at hand:
-the prediction depends only on the graph, not on this machine. Measured against the
+the prediction depends only on the graph, not on this machine. It is for the TF-op
+attention that GPUs and TPUs run; float32 training on a CPU with the fused attention
+kernel (`deeplab_axial.layers.fused_attention`) keeps less (no softmax weights). Measured against the
 peak of TF's CPU allocator during a step (the figure `tf.config.experimental.
 get_memory_info` gives for a GPU too) in benchmarks/README.md ("Memory model").
 """
 import tensorflow as tf
+
+from deeplab_axial.layers import fused_attention
 
 # Ops whose i-th output shares the buffer of their i-th (or only) input: no allocation,
 # and that buffer lives until the alias's last consumer too.
@@ -160,4 +164,6 @@ def training_step_peak_bytes(model, batch_size, crop_size, channels=3, dtype=tf.
     return tape.gradient(loss, model.trainable_variables)
 
   spec = tf.TensorSpec([batch_size, *crop_size, channels], dtype)
-  return peak_live_bytes(training_step.get_concrete_function(spec).graph)
+  with fused_attention.tf_ops_only():  # the attention GPUs and TPUs run
+    graph = training_step.get_concrete_function(spec).graph
+  return peak_live_bytes(graph)
