@@ -23,7 +23,6 @@ Where the kernel does not run:
 * machines with a GPU: the kernel is CPU-only and would move the attention off the GPU;
 * inside `tf_ops_only()`, for comparisons.
 """
-import contextlib
 import functools
 import hashlib
 import logging
@@ -31,37 +30,25 @@ import os
 import pathlib
 import subprocess
 import tempfile
-import threading
 
 import tensorflow as tf
 # Private TF modules that tf_keras itself uses for the same two questions.
 from tensorflow.python.ops import control_flow_util
 from tensorflow.python.saved_model import save_context
 
+from deeplab_axial.layers import scoped_flag
+
 _SOURCE = pathlib.Path(__file__).parent / "kernels" / "axial_attention.cc"
 _DISABLE_VARIABLE = "DEEPLAB_AXIAL_FUSED_KERNEL"
 _CACHE_VARIABLE = "DEEPLAB_AXIAL_KERNEL_CACHE"
 
 
-class _TfOpsOnlyDepth(threading.local):
-  """How many `tf_ops_only` blocks the current thread is inside."""
-
-  def __init__(self):
-    super().__init__()
-    self.depth = 0
+_TF_OPS_ONLY = scoped_flag.ScopedFlag()
 
 
-_TF_OPS_ONLY = _TfOpsOnlyDepth()
-
-
-@contextlib.contextmanager
 def tf_ops_only():
   """Within the block (this thread) attention layers trace only stock TF ops."""
-  _TF_OPS_ONLY.depth += 1
-  try:
-    yield
-  finally:
-    _TF_OPS_ONLY.depth -= 1
+  return _TF_OPS_ONLY.scope()
 
 
 def _cpu_flags():
@@ -115,7 +102,7 @@ def load_library():
 
 def usable(dtype, training):
   """Whether the attention of this trace may run on the fused kernel (module docstring)."""
-  if training is not True or dtype != tf.float32 or _TF_OPS_ONLY.depth:
+  if training is not True or dtype != tf.float32 or _TF_OPS_ONLY.is_set():
     return False
   if save_context.in_save_context():
     return False

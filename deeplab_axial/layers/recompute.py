@@ -18,40 +18,25 @@ step without. The pause is per thread, not a layer attribute: `MirroredStrategy`
 its replicas in parallel threads over the same layers, and one replica's recomputation
 must not pause another replica's forward pass.
 """
-import contextlib
-import threading
-
 import tensorflow as tf
 import tf_keras
+
+from deeplab_axial.layers import scoped_flag
 
 # Marks a layer class whose moving-statistics updates obey `statistics_paused`.
 PAUSABLE_MARK = "pauses_in_recomputation"
 
-
-class _PauseDepth(threading.local):
-  """How many `statistics_paused` blocks the current thread is inside."""
-
-  def __init__(self):
-    super().__init__()
-    self.depth = 0
-
-
-_PAUSE = _PauseDepth()
+_PAUSE = scoped_flag.ScopedFlag()
 
 
 def statistics_updates_paused():
   """True inside `statistics_paused` on this thread: skip moving-statistics updates."""
-  return _PAUSE.depth > 0
+  return _PAUSE.is_set()
 
 
-@contextlib.contextmanager
 def statistics_paused():
   """Within the block (this thread) pausable layers keep their moving statistics."""
-  _PAUSE.depth += 1
-  try:
-    yield
-  finally:
-    _PAUSE.depth -= 1
+  return _PAUSE.scope()
 
 
 @tf_keras.saving.register_keras_serializable(package="deeplab_axial")
