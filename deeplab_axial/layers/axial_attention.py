@@ -46,6 +46,11 @@ Batch normalization (the official recipe; `use_batch_norm=False` removes all thr
 * on the two output terms (retrieved content sv and retrieved value position sve), one
   gamma/beta per (channel, term), statistics over batch x positions.
 
+Implementation: float32 training on a CPU runs the attention core (logits, softmax, both
+retrievals and their gradients) on the fused C++ kernel of `fused_attention`; inference,
+exports, XLA, GPUs and float16/bfloat16 run the TF ops below (`_attend_with_tf_ops`).
+Both compute the same maths.
+
 Strides: `strides=s` average-pools the output along the layer's axis after the attention
 (window s, stride s). The output length is ceil(length / s), like a strided convolution, so
 a block's projection shortcut always has the same size; a last, partial window averages

@@ -9,8 +9,8 @@ the full `[sequences, heads, queries, keys]` logits dozens of times per step.
 
 The kernel is compiled with the system C++ compiler (`$CXX`, default `g++`) against the
 installed TensorFlow's headers, once per (source, TensorFlow version, CPU), into
-`$DEEPLAB_AXIAL_KERNEL_CACHE` (default `~/.cache/deeplab_axial/kernels`); this takes a
-few seconds. Without a compiler, or when the build fails, a warning names the reason
+`$DEEPLAB_AXIAL_KERNEL_CACHE` (default `~/.cache/deeplab_axial/kernels`); this takes
+about 10 s. Without a compiler, or when the build fails, a warning names the reason
 and the TF-op path runs (same results up to float rounding). Set
 `DEEPLAB_AXIAL_FUSED_KERNEL=0` to always use the TF-op path.
 
@@ -32,7 +32,8 @@ import subprocess
 import tempfile
 
 import tensorflow as tf
-# Private TF modules that tf_keras itself uses for the same two questions.
+# Private TF modules: tf_keras asks control_flow_util the same XLA question, and
+# save_context is how tf.saved_model.save marks the tracing it does.
 from tensorflow.python.ops import control_flow_util
 from tensorflow.python.saved_model import save_context
 
