@@ -43,6 +43,7 @@ absolute numbers; the load average is printed with every part.
 """
 import argparse
 import collections
+import contextlib
 import json
 import os
 import subprocess
@@ -222,22 +223,24 @@ def _memory_model_child(label, size, batch, span):
   from deeplab_axial.layers import fused_attention
   model = _build_model(label, span)
   predicted = memory_model.estimate_training_memory_bytes(model, batch, (size, size))
-  result = {"predicted": predicted}
-  for key in ("measured", "measured_fused"):
+
+  def first_step(tracing):
+    """(allocator peak during the step over what was held, resident-size growth)."""
     train_step = _classification_train_step(model, batch, size)
-    if key == "measured":
-      with fused_attention.tf_ops_only():
-        train_step.get_concrete_function()
-    else:
+    with tracing:
       train_step.get_concrete_function()
     tf.config.experimental.reset_memory_stats("CPU:0")
     held = tf.config.experimental.get_memory_info("CPU:0")["current"]
     resident = _current_rss_bytes()
     train_step().numpy()
-    result[key] = tf.config.experimental.get_memory_info("CPU:0")["peak"] - held
-    if key == "measured":  # the first step of the process: its resident growth
-      result["resident"] = _peak_rss_bytes() - resident
-  return result
+    return (tf.config.experimental.get_memory_info("CPU:0")["peak"] - held,
+            _peak_rss_bytes() - resident)
+
+  # The process's first step (its resident growth is the one printed) is the TF-op one.
+  measured, resident = first_step(fused_attention.tf_ops_only())
+  measured_fused, _ = first_step(contextlib.nullcontext())
+  return {"predicted": predicted, "measured": measured, "resident": resident,
+          "measured_fused": measured_fused}
 
 
 _CHILDREN = {"backbone": _backbone_child, "layers_time": _layers_time_child,

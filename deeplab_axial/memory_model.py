@@ -6,17 +6,19 @@ the trainable weights) as a graph at the requested per-replica batch and crop â€
 allocates nothing â€” and replays the ops the step needs in their creation order
 (forward, then the backward in reverse), a valid execution order: every op's outputs are
 allocated when it runs and freed after their last consumer has run. The peak of the
-live bytes is the prediction. Ops that only re-label a buffer (reshape, identity, squeeze, ...) allocate
-nothing and keep their input's buffer alive as long as they are used; inputs, constants
-and variable reads (the weights) are not activations and are not counted. The weights, their gradients' optimizer slots and the TF runtime come on top;
+live bytes is the prediction. Ops that only re-label a buffer (reshape, identity,
+squeeze, ...) allocate nothing and keep their input's buffer alive as long as they are
+used; inputs, constants and variable reads (the weights) are not activations and are not
+counted. The weights, their gradients' optimizer slots and the TF runtime come on top;
 the gradients themselves are counted (they are live at the end of the step).
 
 So users can size a per-replica batch for an accelerator they do not have at hand:
 the prediction depends only on the graph, not on this machine. It is for the TF-op
 attention that GPUs and TPUs run; float32 training on a CPU with the fused attention
-kernel (`deeplab_axial.layers.fused_attention`) keeps less (no softmax weights). Measured against the
-peak of TF's CPU allocator during a step (the figure `tf.config.experimental.
-get_memory_info` gives for a GPU too) in benchmarks/README.md ("Memory model").
+kernel (`deeplab_axial.layers.fused_attention`) keeps less (no softmax weights).
+Measured against the peak of TF's CPU allocator during a step (the figure
+`tf.config.experimental.get_memory_info` gives for a GPU too) in benchmarks/README.md
+("Memory model").
 """
 import tensorflow as tf
 

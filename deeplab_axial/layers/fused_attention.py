@@ -43,7 +43,6 @@ _SOURCE = pathlib.Path(__file__).parent / "kernels" / "axial_attention.cc"
 _DISABLE_VARIABLE = "DEEPLAB_AXIAL_FUSED_KERNEL"
 _CACHE_VARIABLE = "DEEPLAB_AXIAL_KERNEL_CACHE"
 
-
 _TF_OPS_ONLY = scoped_flag.ScopedFlag()
 
 
@@ -87,11 +86,11 @@ def load_library():
       # replicas of a job on one host) never load a half-written file.
       with tempfile.TemporaryDirectory(dir=cache) as scratch:
         built = os.path.join(scratch, library.name)
-        result = subprocess.run(_compile_command(built), capture_output=True, text=True,
-                                check=False)
+        command = _compile_command(built)
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode:
-          raise RuntimeError(f"{' '.join(_compile_command(built)[:1])} exited with "
-                             f"{result.returncode}: {result.stderr.strip()[-2000:]}")
+          raise RuntimeError(f"{command[0]} exited with {result.returncode}: "
+                             f"{result.stderr.strip()[-2000:]}")
         os.replace(built, library)
     return tf.load_op_library(str(library))
   except (OSError, RuntimeError, tf.errors.NotFoundError) as error:

@@ -8,8 +8,9 @@
 // with every logit, weight and product kept in cache: the TF-op path writes and reads
 // tensors of the [sequences, heads, queries, keys] logits' size dozens of times per
 // training step (matmul outputs, transposes, the sum, softmax and their gradients),
-// which is most of an axial layer's time on a CPU. The forward keeps only the log-normalizer per (n, h, i); the
-// backward recomputes the weights from it (the logits cost a few multiply-adds each).
+// which is most of an axial layer's time on a CPU. The forward keeps only the
+// log-normalizer per (n, h, i); the backward recomputes the weights from it (the logits
+// cost a few multiply-adds each).
 //
 // Layouts (float32, row-major): qc [N, I, H, Dc], kc [N, W, H, Dc], qp [N, I, H, Dp],
 // rq [I, W, Dp], kp [N, W, H, Dr], rk [I, W, Dr], v [N, W, H, Dv], rv [I, W, Dv].
@@ -218,9 +219,15 @@ struct Head {
       const float* rk = tables.rk.data() + w * s.dr * I;
       for (int64 i = 0; i < I; i += kLanes) {
         Vec sum = Zero();
-        for (int64 d = 0; d < s.dc; ++d) sum += kc[w * s.dc + d] * LoadLanes(&qc[d * I + i]);
-        for (int64 d = 0; d < s.dp; ++d) sum += LoadLanes(&qp[d * I + i]) * LoadLanes(rq + d * I + i);
-        for (int64 d = 0; d < s.dr; ++d) sum += kp[w * s.dr + d] * LoadLanes(rk + d * I + i);
+        for (int64 d = 0; d < s.dc; ++d) {
+          sum += kc[w * s.dc + d] * LoadLanes(&qc[d * I + i]);
+        }
+        for (int64 d = 0; d < s.dp; ++d) {
+          sum += LoadLanes(&qp[d * I + i]) * LoadLanes(rq + d * I + i);
+        }
+        for (int64 d = 0; d < s.dr; ++d) {
+          sum += kp[w * s.dr + d] * LoadLanes(rk + d * I + i);
+        }
         StoreLanes(&logits[w * I + i], sum);
       }
     }
@@ -345,10 +352,16 @@ class BackwardOp : public OpKernel {
     for (int index = 0; index < 8; ++index) {
       OP_REQUIRES_OK(context, context->allocate_output(index, context->input(index).shape(),
                                                        &grads[index]));
-      auto flat = grads[index]->flat<float>();
-      std::fill(flat.data(), flat.data() + flat.size(), 0.0f);
     }
-    if (s.n * s.i * s.h * s.w == 0) return;
+    if (s.n * s.i * s.h * s.w == 0) {  // no (query, key) pair: every gradient is zero
+      for (Tensor* grad : grads) {
+        auto flat = grad->flat<float>();
+        std::fill(flat.data(), flat.data() + flat.size(), 0.0f);
+      }
+      return;
+    }
+    // Otherwise every element of every gradient is written below (per sequence and head,
+    // and the tables at the end), so the outputs are not zero-filled first.
     const Tables tables(context, s);
     const Buffer rk_keys_last =
         KeysLast(context->input(5).flat<float>().data(), s, s.dr);
