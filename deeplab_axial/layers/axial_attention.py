@@ -355,13 +355,13 @@ def _retrieve_relative(weights, table):
   return contract(weights, table)
 
 
-def _similarity_sums(q, k, r_q, r_k, valid, content_sums):
+def _similarity_sums(q, k, r_q, r_k, valid, content_sums, fused):
   """Sums and squared sums of the similarity terms over the valid pairs, per head.
 
   The terms are qk[s,j,h,i,w] = q[s,j,i,h].k[s,j,w,h], qr = q[s,j,i,h].r_q[i,w] and
   kr = k[s,j,w,h].r_k[i,w]. Only qk with a mask needs the materialised term;
   the others come from small Gram matrices, e.g. sum over pairs of qr^2 =
-  sum_{j,i,h} <sum_s q q^T, sum_w valid r_q r_q^T>, which costs O(length * depth^2)
+  sum_{s,j,i,h} q^T (sum_w valid r_q r_q^T) q, which costs O(length * depth^2)
   instead of O(length * keys * depth) and keeps no full-size tensor for the backward.
 
   Args:
@@ -371,6 +371,8 @@ def _similarity_sums(q, k, r_q, r_k, valid, content_sums):
     valid: None (every pair valid) or a 0/1 `[blocks, 1, queries, keys]` mask.
     content_sums: with a mask, (sum, squared sum) `[heads]` of the qk term over the
       valid pairs (`_masked_content_sums`); None without.
+    fused: Python bool, whether the sums over q and k run on the CPU kernel
+      (`fused_attention.gram_statistics`) instead of TF einsums.
 
   Returns:
     (sums [3, heads], squared sums [3, heads], number of valid pairs per head), all in
@@ -381,35 +383,39 @@ def _similarity_sums(q, k, r_q, r_k, valid, content_sums):
     pair_weights = tf.ones(tf.shape(r_q)[:2], q.dtype)[None]  # [1, queries, keys]
   else:
     pair_weights = valid[:, 0]  # [blocks, queries, keys]
-  sums, squares = _gram_sums(q, k, r_q, r_k, pair_weights, with_content=valid is None)
+  # The tables summed over each query's (key's) weighted pairs: small, and
+  # differentiated by autodiff.
+  tables = (tf.einsum("jiw,iwd->jid", pair_weights, r_q),
+            tf.einsum("jiwd,iwe->jide", pair_weights[..., None] * r_q, r_q),
+            tf.einsum("jiw,iwd->jwd", pair_weights, r_k),
+            tf.einsum("jiwd,iwe->jwde", pair_weights[..., None] * r_k, r_k))
+  gram_statistics = (fused_attention.gram_statistics if fused
+                     else _gram_statistics_with_tf_ops)
+  sums, squares = gram_statistics(q, k, *tables, with_content=valid is None)
   if valid is not None:
     sums = tf.concat([content_sums[0][None], sums], 0)
     squares = tf.concat([content_sums[1][None], squares], 0)
   return sums, squares, sequences * tf.reduce_sum(pair_weights)
 
 
-def _gram_sums(q, k, r_q, r_k, pair_weights, with_content):
-  """Sums and squared sums `[terms, heads]` of (qk,) qr and kr over the weighted pairs.
+def _gram_statistics_with_tf_ops(q, k, r_q_sum, r_q_gram, r_k_sum, r_k_gram,
+                                 with_content):
+  """`fused_attention.gram_statistics` with TF einsums (any device, XLA, any dtype).
 
-  Arguments as `_similarity_sums`, `pair_weights` `[blocks or 1, queries, keys]`; qk
-  (every pair weighted 1) is included when `with_content`.
+  Arguments and result as there: q `[s, blocks, queries, heads, d]`, k `[s, blocks,
+  keys, heads, d]`, table sums `[blocks, positions, d]` and Grams `[blocks, positions,
+  d, d]`; (totals, squares) `[terms, heads]`.
 
   Its own gradient: each sum is linear and each squared sum quadratic in q (or k), so
   with upstream a_h, b_h (qk), c_h, e_h (qr), f_h, g_h (kr):
-  d_q = a K_sum + c R_q_sum + 2 q (b G_k + e G_rq), and likewise for k, where G_k =
-  sum_w k k^T per sequence and G_rq = sum_w weight r_q r_q^T per query (both kept from
-  the forward pass; small). Two or four einsums instead of the dozen of autodiff's
-  gradients of the Gram einsums, measured ~10% of Axial-ResNet-S's training step.
+  d_q = a K_sum + c R_q_sum + q (2 b G_k + e (G_rq + G_rq^T)), and likewise for k,
+  where G_k = sum_w k k^T per sequence (kept from the forward pass; small). Two or four
+  einsums instead of the dozen of autodiff's gradients of the Gram einsums, measured
+  ~10% of Axial-ResNet-S's training step.
   """
 
   @tf.custom_gradient
-  def sums(q, k, r_q, r_k):
-    weighted_r_q = pair_weights[..., None] * r_q
-    weighted_r_k = pair_weights[..., None] * r_k
-    r_q_sum = tf.einsum("jiw,iwd->jid", pair_weights, r_q)
-    r_k_sum = tf.einsum("jiw,iwd->jwd", pair_weights, r_k)
-    r_q_gram = tf.einsum("jiwd,iwe->jide", weighted_r_q, r_q)
-    r_k_gram = tf.einsum("jiwd,iwe->jwde", weighted_r_k, r_k)
+  def statistics(q, k, r_q_sum, r_q_gram, r_k_sum, r_k_gram):
     q_gram_over_sequences = tf.einsum("sjihd,sjihe->jihde", q, q)
     k_gram_over_sequences = tf.einsum("sjwhd,sjwhe->jwhde", k, k)
     totals = [tf.einsum("sjihd,jid->h", q, r_q_sum), tf.einsum("sjwhd,jwd->h", k, r_k_sum)]
@@ -424,12 +430,16 @@ def _gram_sums(q, k, r_q, r_k, pair_weights, with_content):
 
     def gradient(d_totals, d_squares):
       d_qr, d_kr = d_totals[-2], d_totals[-1]
-      d_qr_squares, d_kr_squares = 2.0 * d_squares[-2], 2.0 * d_squares[-1]
+      d_qr_squares, d_kr_squares = d_squares[-2], d_squares[-1]
+
+      def symmetrized(gram):
+        return gram + tf.linalg.matrix_transpose(gram)
+
       d_q = (tf.einsum("sjihd,jihde->sjihe", q,
-                       tf.einsum("h,jide->jihde", d_qr_squares, r_q_gram))
+                       tf.einsum("h,jide->jihde", d_qr_squares, symmetrized(r_q_gram)))
              + tf.einsum("h,jid->jihd", d_qr, r_q_sum)[None])
       d_k = (tf.einsum("sjwhd,jwhde->sjwhe", k,
-                       tf.einsum("h,jwde->jwhde", d_kr_squares, r_k_gram))
+                       tf.einsum("h,jwde->jwhde", d_kr_squares, symmetrized(r_k_gram)))
              + tf.einsum("h,jwd->jwhd", d_kr, r_k_sum)[None])
       if with_content:
         d_qk, d_qk_squares = d_totals[0], 2.0 * d_squares[0]
@@ -439,23 +449,14 @@ def _gram_sums(q, k, r_q, r_k, pair_weights, with_content):
         d_k += (tf.einsum("sjwhd,sjhde->sjwhe", k,
                           tf.einsum("h,sjhde->sjhde", d_qk_squares, q_gram))
                 + (d_qk[:, None] * q_sum)[:, :, None])
-      # The tables: d r_q[i, w] = sum_j weight * (sum_{s,h} c_h q + 2 D r_q[i, w]), with
-      # D = sum_h e_h sum_s q q^T per (block, query); r_k likewise per key.
-      d_r_q = tf.einsum("jiw,jid->iwd", pair_weights,
-                        tf.einsum("sjihd,h->jid", q, d_qr))
-      d_r_q += tf.einsum("jide,jiwe->iwd", tf.einsum("jihde,h->jide",
-                                                     q_gram_over_sequences, d_qr_squares),
-                         weighted_r_q)
-      d_r_k = tf.einsum("jiw,jwd->iwd", pair_weights,
-                        tf.einsum("sjwhd,h->jwd", k, d_kr))
-      d_r_k += tf.einsum("jwde,jiwe->iwd", tf.einsum("jwhde,h->jwde",
-                                                     k_gram_over_sequences, d_kr_squares),
-                         weighted_r_k)
-      return d_q, d_k, d_r_q, d_r_k
+      return (d_q, d_k, tf.einsum("sjihd,h->jid", q, d_qr),
+              tf.einsum("jihde,h->jide", q_gram_over_sequences, d_qr_squares),
+              tf.einsum("sjwhd,h->jwd", k, d_kr),
+              tf.einsum("jwhde,h->jwde", k_gram_over_sequences, d_kr_squares))
 
     return (tf.stack(totals), tf.stack(squares)), gradient
 
-  return sums(q, k, r_q, r_k)
+  return statistics(q, k, r_q_sum, r_q_gram, r_k_sum, r_k_gram)
 
 
 def _attend_with_tf_ops(operands, late_offset, v, r_v, dtype):
@@ -789,9 +790,11 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
       if valid is not None and training is not False:
         content_sums = _masked_content_sums(q, k, valid, dtype)
 
+      fused = fused_attention.statistics_usable(dtype, training, q.shape[2])
+
       def sums():
         return _similarity_sums(*[tf.cast(t, dtype) for t in (q, k, r_q, r_k)], valid,
-                                content_sums)
+                                content_sums, fused)
 
       scale, offset = self.similarity_batch_norm.scale_and_offset(sums, training)
       folded = tf.cast(scale, q.dtype)[:, :, None]

@@ -94,14 +94,129 @@ def test_kernel_rejects_disagreeing_shapes():
     fused_attention.load_library().deeplab_axial_attention_forward(*operands)
 
 
-# (axis, height, width, heads, filters, span, strides, use_batch_norm)
+def _statistics_operands(rng, s=3, j=2, i=9, w=11, h=2, d=3):
+  q, k = rng.normal(size=(s, j, i, h, d)), rng.normal(size=(s, j, w, h, d))
+  r_q, r_k = rng.normal(size=(i, w, d)), rng.normal(size=(i, w, d))
+  weights = (rng.uniform(size=(j, i, w)) < 0.7).astype(np.float64)
+  return q, k, r_q, r_k, weights
+
+
+def _per_pair_statistics(q, k, r_q, r_k, weights, with_content):
+  """Sums and squared sums [terms, heads] of the terms over the weighted pairs (NumPy)."""
+  terms = [np.einsum("sjihd,iwd->sjhiw", q, r_q), np.einsum("sjwhd,iwd->sjhiw", k, r_k)]
+  if with_content:
+    terms.insert(0, np.einsum("sjihd,sjwhd->sjhiw", q, k))
+  mask = weights[None, :, None]
+  return (np.stack([(t * mask).sum((0, 1, 3, 4)) for t in terms]),
+          np.stack([(t * t * mask).sum((0, 1, 3, 4)) for t in terms]))
+
+
+def _table_operands(r_q, r_k, weights):
+  """The kernel's table inputs: each query's (key's) table summed over its pairs."""
+  return (np.einsum("jiw,iwd->jid", weights, r_q),
+          np.einsum("jiw,iwd,iwe->jide", weights, r_q, r_q),
+          np.einsum("jiw,iwd->jwd", weights, r_k),
+          np.einsum("jiw,iwd,iwe->jwde", weights, r_k, r_k))
+
+
+@needs_kernel
+@pytest.mark.parametrize("with_content", [False, True])
+def test_statistics_kernel_matches_per_pair_sums(with_content):
+  q, k, r_q, r_k, weights = _statistics_operands(np.random.default_rng(6))
+  if with_content:
+    weights = np.ones_like(weights)  # the content Grams need every pair valid
+  totals, squares = fused_attention.gram_statistics(
+      *[tf.constant(x, tf.float32) for x in (q, k) + _table_operands(r_q, r_k, weights)],
+      with_content=with_content)
+  expected_totals, expected_squares = _per_pair_statistics(q, k, r_q, r_k, weights,
+                                                           with_content)
+  np.testing.assert_allclose(totals.numpy(), expected_totals, rtol=1e-4, atol=1e-3)
+  np.testing.assert_allclose(squares.numpy(), expected_squares, rtol=1e-4, atol=1e-3)
+
+
+@needs_kernel
+@pytest.mark.parametrize("with_content", [False, True])
+def test_statistics_kernel_gradient_matches_numeric_gradient(with_content):
+  rng = np.random.default_rng(7)
+  q, k, r_q, r_k, weights = _statistics_operands(rng, s=2, j=2, i=4, w=5, h=2, d=3)
+  tables = _table_operands(r_q, r_k, weights)
+  # Non-symmetric Grams: the kernel's gradient must hold for any table input.
+  tables = (tables[0], tables[1] + rng.normal(size=tables[1].shape), tables[2],
+            tables[3] + rng.normal(size=tables[3].shape))
+  terms = 3 if with_content else 2
+  upstream = rng.normal(size=(2, terms, 2))
+
+  def loss(values):
+    q, k, q_sum, q_gram, k_sum, k_gram = values
+    totals = [np.einsum("sjihd,jid->h", q, q_sum), np.einsum("sjwhd,jwd->h", k, k_sum)]
+    squares = [np.einsum("sjihd,jide,sjihe->h", q, q_gram, q),
+               np.einsum("sjwhd,jwde,sjwhe->h", k, k_gram, k)]
+    if with_content:  # per pair, as the statistics define it
+      content = np.einsum("sjihd,sjwhd->sjhiw", q, k)
+      totals.insert(0, content.sum((0, 1, 3, 4)))
+      squares.insert(0, (content ** 2).sum((0, 1, 3, 4)))
+    return float(np.sum(np.stack(totals) * upstream[0])
+                 + np.sum(np.stack(squares) * upstream[1]))
+
+  operands = [q, k] + list(tables)
+  as_float32 = [tf.constant(x, tf.float32) for x in operands]
+  with tf.GradientTape() as tape:
+    tape.watch(as_float32)
+    totals, squares = fused_attention.gram_statistics(*as_float32, with_content=with_content)
+    weighted = (tf.reduce_sum(totals * upstream[0].astype(np.float32))
+                + tf.reduce_sum(squares * upstream[1].astype(np.float32)))
+  gradients = tape.gradient(weighted, as_float32)
+  step = 1e-6
+  for index, (value, gradient) in enumerate(zip(operands, gradients)):
+    numeric = np.zeros_like(value)
+    for position in np.ndindex(value.shape):
+      shifted = [x.copy() for x in operands]
+      shifted[index][position] += step
+      above = loss(shifted)
+      shifted[index][position] -= 2 * step
+      numeric[position] = (above - loss(shifted)) / (2 * step)
+    np.testing.assert_allclose(gradient.numpy(), numeric, rtol=1e-3, atol=1e-3,
+                               err_msg=f"operand {index}")
+
+
+@needs_kernel
+def test_statistics_kernel_rejects_disagreeing_shapes():
+  q, k, r_q, r_k, weights = _statistics_operands(np.random.default_rng(8))
+  tables = list(_table_operands(r_q, r_k, weights))
+  tables[1] = tables[1][:, :-1]  # query Gram with one position too few
+  with pytest.raises(tf.errors.InvalidArgumentError, match="operand shapes disagree"):
+    fused_attention.gram_statistics(*[tf.constant(x, tf.float32) for x in [q, k] + tables],
+                                    with_content=False)
+
+
+@needs_kernel
+def test_statistics_kernel_is_deterministic():
+  q, k, r_q, r_k, weights = _statistics_operands(np.random.default_rng(9), s=64, j=3,
+                                                 i=20, w=40, h=4, d=8)
+  operands = [tf.constant(x, tf.float32) for x in (q, k) + _table_operands(r_q, r_k,
+                                                                           weights)]
+
+  def run():
+    with tf.GradientTape() as tape:
+      tape.watch(operands)
+      totals, squares = fused_attention.gram_statistics(*operands, with_content=False)
+      loss = tf.reduce_sum(totals) + tf.reduce_sum(tf.sin(squares))
+    return [totals, squares] + tape.gradient(loss, operands)
+
+  for first, second in zip(run(), run()):
+    np.testing.assert_array_equal(first.numpy(), second.numpy())
+
+
+# (axis, height, width, heads, filters, span, strides, use_batch_norm, whether the
+# similarity statistics run on the kernel: with batch norm and >= 8 queries per block)
 _LAYER_CASES = [
-    ("width", 3, 9, 2, 16, None, 1, True),     # global (dense, no mask)
-    ("height", 8, 3, 2, 16, None, 2, True),    # global, strided
-    ("width", 2, 9, 2, 16, 7, 1, True),        # dense plan with the band mask
-    ("height", 23, 2, 2, 16, 5, 1, True),      # blocked plan (key mask, band)
-    ("width", 2, 40, 4, 32, 7, 2, True),       # blocked, several blocks, strided
-    ("width", 2, 23, 2, 16, 5, 1, False),      # no batch norm
+    ("width", 3, 9, 2, 16, None, 1, True, True),      # global (dense, no mask)
+    ("height", 8, 3, 2, 16, None, 2, True, True),     # global, strided
+    ("width", 2, 9, 2, 16, 7, 1, True, True),         # dense plan with the band mask
+    ("height", 23, 2, 2, 16, 5, 1, True, False),      # blocked plan (key mask, band)
+    ("width", 2, 40, 4, 32, 7, 2, True, False),       # blocked, several blocks, strided
+    ("height", 40, 2, 2, 16, 17, 1, True, True),      # blocked, 8 queries per block
+    ("width", 2, 23, 2, 16, 5, 1, False, False),      # no batch norm
 ]
 
 
@@ -127,10 +242,11 @@ def _layer_step(layer, x, fused):
 
 
 @needs_kernel
-@pytest.mark.parametrize("axis,height,width,heads,filters,span,strides,batch_norm",
-                         _LAYER_CASES)
+@pytest.mark.parametrize(
+    "axis,height,width,heads,filters,span,strides,batch_norm,statistics_kernel",
+    _LAYER_CASES)
 def test_layer_training_step_equals_tf_op_path(axis, height, width, heads, filters, span,
-                                               strides, batch_norm):
+                                               strides, batch_norm, statistics_kernel):
   x = tf.constant(np.random.default_rng(3).normal(size=(2, height, width, 8)), tf.float32)
   layers = []
   for _ in range(2):
@@ -143,6 +259,8 @@ def test_layer_training_step_equals_tf_op_path(axis, height, width, heads, filte
   (actual, gradients), fused_ops = _layer_step(layers[1], x, fused=True)
   assert "DeeplabAxialAttentionForward" in fused_ops
   assert "DeeplabAxialAttentionBackward" in fused_ops
+  assert ("DeeplabAxialGramStatistics" in fused_ops) == statistics_kernel
+  assert ("DeeplabAxialGramStatisticsGrad" in fused_ops) == statistics_kernel
   assert not any(op.startswith("DeeplabAxial") for op in reference_ops)
   np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=1e-4, atol=1e-4)
   variables = [None] + layers[0].trainable_variables

@@ -25,8 +25,8 @@
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
-#include "tensorflow/core/platform/threadpool.h"
 #include "Eigen/Core"
+#include "common.h"
 
 namespace deeplab_axial {
 namespace {
@@ -39,27 +39,6 @@ using ::tensorflow::TensorShape;
 using ::tensorflow::errors::InvalidArgument;
 using ::tensorflow::shape_inference::InferenceContext;
 using ::tensorflow::shape_inference::ShapeHandle;
-using int64 = int64_t;
-
-// Rows of queries (and, for the key-side gradients, of keys) are processed kLanes at a
-// time as one vector (GCC/Clang vector extension: one AVX-512 register, or two AVX2 /
-// four SSE registers). Rows are zero-padded to a multiple of kLanes, so there is no
-// scalar tail, and sums over depth or keys stay in a register: plain loops stored the
-// partial sum after every depth channel (measured: stores were most of the time) and a
-// scalar tail per loop doubled the time at 28 queries.
-constexpr int64 kLanes = 16;
-typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
-
-inline Vec LoadLanes(const float* x) {
-  Vec v;
-  std::memcpy(&v, x, sizeof(v));
-  return v;
-}
-inline void StoreLanes(float* x, Vec v) { std::memcpy(x, &v, sizeof(v)); }
-inline void AddLanes(float* x, Vec v) { StoreLanes(x, LoadLanes(x) + v); }
-inline Vec Zero() { return Vec{}; }
-
-inline int64 PadToLanes(int64 size) { return (size + kLanes - 1) / kLanes * kLanes; }
 
 struct Sizes {
   int64 n, i, w, h, dc, dp, dr, dv;
@@ -121,10 +100,9 @@ bool ReadSizes(OpKernelContext* context, Sizes* s) {
 // queries, run with keys on the lanes on transposed weights.
 //
 // Buffers start on a 64-byte boundary and rows hold a multiple of kLanes floats, so that
-// Eigen's exp runs on whole aligned packets. (On an unaligned row Eigen exponentiates the
-// first few entries with its scalar exp, which rounds differently: results then changed
-// with the buffers' addresses from run to run.)
-using Buffer = std::vector<float, Eigen::aligned_allocator<float>>;
+// Eigen's exp runs on whole aligned packets. (On an unaligned row Eigen exponentiates
+// the first few entries with its scalar exp, which rounds differently: results then
+// changed with the buffers' addresses from run to run.)
 using ArrayMap = Eigen::Map<Eigen::ArrayXf, Eigen::Aligned64>;
 using ConstArrayMap = Eigen::Map<const Eigen::ArrayXf, Eigen::Aligned64>;
 
@@ -137,22 +115,6 @@ Buffer QueriesLast(const float* table, int64 queries, int64 stride, int64 keys,
       for (int64 d = 0; d < depth; ++d)
         out[(w * depth + d) * stride + i] = table[(i * keys + w) * depth + d];
   return out;
-}
-
-// x[n, :, h, :] of x [N, P, H, D] -> out [D, stride] (positions last; the padding
-// beyond P is left as it is, zero).
-void GatherPositionsLast(const float* x, int64 n, int64 h, int64 positions, int64 stride,
-                         int64 heads, int64 depth, float* out) {
-  const float* base = x + (n * positions * heads + h) * depth;
-  for (int64 p = 0; p < positions; ++p)
-    for (int64 d = 0; d < depth; ++d) out[d * stride + p] = base[p * heads * depth + d];
-}
-
-void ScatterPositionsLast(const float* in, int64 n, int64 h, int64 positions, int64 stride,
-                          int64 heads, int64 depth, float* x) {
-  float* base = x + (n * positions * heads + h) * depth;
-  for (int64 p = 0; p < positions; ++p)
-    for (int64 d = 0; d < depth; ++d) base[p * heads * depth + d] = in[d * stride + p];
 }
 
 // x[n, :, h, :] of x [N, P, H, D] -> out [P, D] (depth last).
@@ -243,27 +205,6 @@ struct Head {
     }
   }
 };
-
-// Runs fn(begin, end) over [0, total) on the op's thread pool, which sizes the ranges
-// from the cost (cycles per unit, roughly).
-template <typename Fn>
-void ParallelFor(OpKernelContext* context, int64 total, int64 cost_per_unit, Fn fn) {
-  context->device()->tensorflow_cpu_worker_threads()->workers->ParallelFor(
-      total, cost_per_unit, fn);
-}
-
-// Runs fn(part, first, last) over `parts` fixed contiguous ranges of [0, total) in
-// parallel. The ranges do not depend on scheduling, so sums per part, added in part
-// order, give the same float result on every run.
-template <typename Fn>
-void ParallelParts(OpKernelContext* context, int64 total, int64 parts, Fn fn) {
-  const int64 size = (total + parts - 1) / parts;
-  ParallelFor(context, parts, /*cost_per_unit=*/int64{1} << 30, [&](int64 begin, int64 end) {
-    for (int64 part = begin; part < end; ++part) {
-      fn(part, part * size, std::min(total, (part + 1) * size));
-    }
-  });
-}
 
 // Cycles (roughly) of one (sequence, head): per logit, the contractions and an exp.
 int64 HeadCost(const Sizes& s) {
@@ -375,9 +316,8 @@ class BackwardOp : public OpKernel {
     float* d_v = grads[6]->flat<float>().data();
     const int64 I = s.ip, W = s.w;
     // The table gradients sum over every (n, h): one accumulator per part of the
-    // sequences, added in part order. Two parts per thread balance the load.
-    const int64 parts = std::min<int64>(
-        s.n, 2 * context->device()->tensorflow_cpu_worker_threads()->num_threads);
+    // sequences, added in part order.
+    const int64 parts = NumParts(context, s.n);
     const int64 table_size = W * (s.dp + s.dr + s.dv) * I;
     Buffer accumulators(parts * table_size, 0.0f);
     ParallelParts(context, s.n, parts, [&](int64 part, int64 first, int64 last) {
