@@ -790,7 +790,7 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
       if valid is not None and training is not False:
         content_sums = _masked_content_sums(q, k, valid, dtype)
 
-      fused = fused_attention.statistics_usable(dtype, training, q.shape[2])
+      fused = fused_attention.usable(dtype, training)
 
       def sums():
         return _similarity_sums(*[tf.cast(t, dtype) for t in (q, k, r_q, r_k)], valid,

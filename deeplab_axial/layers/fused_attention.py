@@ -116,18 +116,6 @@ def usable(dtype, training):
   return load_library() is not None
 
 
-# Below this many positions on an axis most of the statistics kernel's 16 vector lanes
-# would be padding: there the TF einsums are faster (measured at 7 positions, depth 32:
-# 3.8 ms against 6.9 ms, forward and backward).
-_MIN_STATISTICS_POSITIONS = 8
-
-
-def statistics_usable(dtype, training, positions):
-  """Whether `gram_statistics` should compute the sums over `positions` (int or None)."""
-  return (usable(dtype, training)
-          and (positions is None or positions >= _MIN_STATISTICS_POSITIONS))
-
-
 def attend(query_content, key_content, query_position, query_table, key_position,
            key_table, value, value_table):
   """Softmax attention with content and relative terms, on the fused kernel.

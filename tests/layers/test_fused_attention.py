@@ -207,16 +207,15 @@ def test_statistics_kernel_is_deterministic():
     np.testing.assert_array_equal(first.numpy(), second.numpy())
 
 
-# (axis, height, width, heads, filters, span, strides, use_batch_norm, whether the
-# similarity statistics run on the kernel: with batch norm and >= 8 queries per block)
+# (axis, height, width, heads, filters, span, strides, use_batch_norm)
 _LAYER_CASES = [
-    ("width", 3, 9, 2, 16, None, 1, True, True),      # global (dense, no mask)
-    ("height", 8, 3, 2, 16, None, 2, True, True),     # global, strided
-    ("width", 2, 9, 2, 16, 7, 1, True, True),         # dense plan with the band mask
-    ("height", 23, 2, 2, 16, 5, 1, True, False),      # blocked plan (key mask, band)
-    ("width", 2, 40, 4, 32, 7, 2, True, False),       # blocked, several blocks, strided
-    ("height", 40, 2, 2, 16, 17, 1, True, True),      # blocked, 8 queries per block
-    ("width", 2, 23, 2, 16, 5, 1, False, False),      # no batch norm
+    ("width", 3, 9, 2, 16, None, 1, True),     # global (dense, no mask)
+    ("height", 8, 3, 2, 16, None, 2, True),    # global, strided
+    ("width", 2, 9, 2, 16, 7, 1, True),        # dense plan with the band mask
+    ("height", 23, 2, 2, 16, 5, 1, True),      # blocked plan (key mask, band)
+    ("width", 2, 40, 4, 32, 7, 2, True),       # blocked, several blocks, strided
+    ("height", 40, 2, 2, 16, 17, 1, True),     # blocked, 8 queries per block
+    ("width", 2, 23, 2, 16, 5, 1, False),      # no batch norm
 ]
 
 
@@ -242,11 +241,10 @@ def _layer_step(layer, x, fused):
 
 
 @needs_kernel
-@pytest.mark.parametrize(
-    "axis,height,width,heads,filters,span,strides,batch_norm,statistics_kernel",
-    _LAYER_CASES)
+@pytest.mark.parametrize("axis,height,width,heads,filters,span,strides,batch_norm",
+                         _LAYER_CASES)
 def test_layer_training_step_equals_tf_op_path(axis, height, width, heads, filters, span,
-                                               strides, batch_norm, statistics_kernel):
+                                               strides, batch_norm):
   x = tf.constant(np.random.default_rng(3).normal(size=(2, height, width, 8)), tf.float32)
   layers = []
   for _ in range(2):
@@ -259,8 +257,8 @@ def test_layer_training_step_equals_tf_op_path(axis, height, width, heads, filte
   (actual, gradients), fused_ops = _layer_step(layers[1], x, fused=True)
   assert "DeeplabAxialAttentionForward" in fused_ops
   assert "DeeplabAxialAttentionBackward" in fused_ops
-  assert ("DeeplabAxialGramStatistics" in fused_ops) == statistics_kernel
-  assert ("DeeplabAxialGramStatisticsGrad" in fused_ops) == statistics_kernel
+  assert ("DeeplabAxialGramStatistics" in fused_ops) == batch_norm
+  assert ("DeeplabAxialGramStatisticsGrad" in fused_ops) == batch_norm
   assert not any(op.startswith("DeeplabAxial") for op in reference_ops)
   np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=1e-4, atol=1e-4)
   variables = [None] + layers[0].trainable_variables

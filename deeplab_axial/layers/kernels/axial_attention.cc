@@ -180,16 +180,12 @@ struct Head {
       const float* rq = tables.rq.data() + w * s.dp * I;
       const float* rk = tables.rk.data() + w * s.dr * I;
       for (int64 i = 0; i < I; i += kLanes) {
-        Vec sum = Zero();
-        for (int64 d = 0; d < s.dc; ++d) {
-          sum += kc[w * s.dc + d] * LoadLanes(&qc[d * I + i]);
-        }
-        for (int64 d = 0; d < s.dp; ++d) {
-          sum += LoadLanes(&qp[d * I + i]) * LoadLanes(rq + d * I + i);
-        }
-        for (int64 d = 0; d < s.dr; ++d) {
-          sum += kp[w * s.dr + d] * LoadLanes(rk + d * I + i);
-        }
+        const Vec sum =
+            SumOf(s.dc, [&](int64 d) { return kc[w * s.dc + d] * LoadLanes(&qc[d * I + i]); }) +
+            SumOf(s.dp, [&](int64 d) {
+              return LoadLanes(&qp[d * I + i]) * LoadLanes(rq + d * I + i);
+            }) +
+            SumOf(s.dr, [&](int64 d) { return kp[w * s.dr + d] * LoadLanes(rk + d * I + i); });
         StoreLanes(&logits[w * I + i], sum);
       }
     }
@@ -256,17 +252,17 @@ class ForwardOp : public OpKernel {
         head.Exponentiate(maximum.data());
         const float* p = head.logits.data();
         for (int64 i = 0; i < I; i += kLanes) {
-          Vec sum = Zero();
-          for (int64 w = 0; w < s.w; ++w) sum += LoadLanes(p + w * I + i);
+          const Vec sum = SumOf(s.w, [&](int64 w) { return LoadLanes(p + w * I + i); });
           StoreLanes(&total[i], sum);
           const Vec inverse = 1.0f / sum;
           for (int64 d = 0; d < s.dv; ++d) {
-            Vec content_sum = Zero(), position_sum = Zero();
-            for (int64 w = 0; w < s.w; ++w) {
-              const Vec weight = LoadLanes(p + w * I + i);
-              content_sum += head.v[w * s.dv + d] * weight;
-              position_sum += weight * LoadLanes(&tables.rv[(w * s.dv + d) * I + i]);
-            }
+            const Vec content_sum = SumOf(s.w, [&](int64 w) {
+              return head.v[w * s.dv + d] * LoadLanes(p + w * I + i);
+            });
+            const Vec position_sum = SumOf(s.w, [&](int64 w) {
+              return LoadLanes(p + w * I + i) *
+                     LoadLanes(&tables.rv[(w * s.dv + d) * I + i]);
+            });
             StoreLanes(&retrieved[d * I + i], content_sum * inverse);
             StoreLanes(&retrieved[(s.dv + d) * I + i], position_sum * inverse);
           }
@@ -353,12 +349,11 @@ class BackwardOp : public OpKernel {
             // the softmax backward d_logits = p * (d_p - sum_w p d_p).
             Vec expected = Zero();
             for (int64 w = 0; w < W; ++w) {
-              Vec d_p = Zero();
-              for (int64 d = 0; d < s.dv; ++d) {
-                d_p += head.v[w * s.dv + d] * LoadLanes(d_c + d * I + i) +
+              const Vec d_p = SumOf(s.dv, [&](int64 d) {
+                return head.v[w * s.dv + d] * LoadLanes(d_c + d * I + i) +
                        LoadLanes(d_pos + d * I + i) *
-                       LoadLanes(&tables.rv[(w * s.dv + d) * I + i]);
-              }
+                           LoadLanes(&tables.rv[(w * s.dv + d) * I + i]);
+              });
               expected += LoadLanes(p_all + w * I + i) * d_p;
               StoreLanes(d_l_all + w * I + i, d_p);
             }
@@ -368,19 +363,15 @@ class BackwardOp : public OpKernel {
             }
             // Query side, element-wise over queries.
             for (int64 d = 0; d < s.dc; ++d) {
-              Vec sum = Zero();
-              for (int64 w = 0; w < W; ++w) {
-                sum += head.kc[w * s.dc + d] * LoadLanes(d_l_all + w * I + i);
-              }
-              StoreLanes(&d_query[d * I + i], sum);
+              StoreLanes(&d_query[d * I + i], SumOf(W, [&](int64 w) {
+                           return head.kc[w * s.dc + d] * LoadLanes(d_l_all + w * I + i);
+                         }));
             }
             for (int64 d = 0; d < s.dp; ++d) {
-              Vec sum = Zero();
-              for (int64 w = 0; w < W; ++w) {
-                sum += LoadLanes(d_l_all + w * I + i) *
-                       LoadLanes(&tables.rq[(w * s.dp + d) * I + i]);
-              }
-              StoreLanes(&d_query_position[d * I + i], sum);
+              StoreLanes(&d_query_position[d * I + i], SumOf(W, [&](int64 w) {
+                           return LoadLanes(d_l_all + w * I + i) *
+                                  LoadLanes(&tables.rq[(w * s.dp + d) * I + i]);
+                         }));
             }
           }
           // Key side: sums over queries, with keys on the lanes (transposed weights).
@@ -388,26 +379,20 @@ class BackwardOp : public OpKernel {
           Transpose(d_l_all, W, I, s.i, s.wp, d_logits_t.data());
           for (int64 w = 0; w < s.wp; w += kLanes) {
             for (int64 d = 0; d < s.dc; ++d) {
-              Vec sum = Zero();
-              for (int64 i = 0; i < s.i; ++i) {
-                sum += head.qc[d * I + i] * LoadLanes(&d_logits_t[i * s.wp + w]);
-              }
-              StoreLanes(&d_key[d * s.wp + w], sum);
+              StoreLanes(&d_key[d * s.wp + w], SumOf(s.i, [&](int64 i) {
+                           return head.qc[d * I + i] * LoadLanes(&d_logits_t[i * s.wp + w]);
+                         }));
             }
             for (int64 d = 0; d < s.dr; ++d) {
-              Vec sum = Zero();
-              for (int64 i = 0; i < s.i; ++i) {
-                sum += LoadLanes(&rk_keys_last[(i * s.dr + d) * s.wp + w]) *
-                       LoadLanes(&d_logits_t[i * s.wp + w]);
-              }
-              StoreLanes(&d_key_position[d * s.wp + w], sum);
+              StoreLanes(&d_key_position[d * s.wp + w], SumOf(s.i, [&](int64 i) {
+                           return LoadLanes(&rk_keys_last[(i * s.dr + d) * s.wp + w]) *
+                                  LoadLanes(&d_logits_t[i * s.wp + w]);
+                         }));
             }
             for (int64 d = 0; d < s.dv; ++d) {
-              Vec sum = Zero();
-              for (int64 i = 0; i < s.i; ++i) {
-                sum += d_c[d * I + i] * LoadLanes(&weights_t[i * s.wp + w]);
-              }
-              StoreLanes(&d_value[d * s.wp + w], sum);
+              StoreLanes(&d_value[d * s.wp + w], SumOf(s.i, [&](int64 i) {
+                           return d_c[d * I + i] * LoadLanes(&weights_t[i * s.wp + w]);
+                         }));
             }
           }
           ScatterPositionsLast(d_query.data(), n, h, s.i, I, s.h, s.dc, d_qc);
@@ -422,27 +407,22 @@ class BackwardOp : public OpKernel {
         for (int64 w = 0; w < W; ++w) {
           for (int64 i = 0; i < I; i += kLanes) {
             for (int64 d = 0; d < s.dv; ++d) {
-              Vec sum = Zero();
-              for (int64 h = 0; h < s.h; ++h) {
-                sum += LoadLanes(&heads[h].logits[w * I + i]) *
-                       LoadLanes(&d_out[(h * 2 * s.dv + s.dv + d) * I + i]);
-              }
-              AddLanes(d_rv + (w * s.dv + d) * I + i, sum);
+              AddLanes(d_rv + (w * s.dv + d) * I + i, SumOf(s.h, [&](int64 h) {
+                         return LoadLanes(&heads[h].logits[w * I + i]) *
+                                LoadLanes(&d_out[(h * 2 * s.dv + s.dv + d) * I + i]);
+                       }));
             }
             for (int64 d = 0; d < s.dp; ++d) {
-              Vec sum = Zero();
-              for (int64 h = 0; h < s.h; ++h) {
-                sum += LoadLanes(&d_logits[(h * W + w) * I + i]) *
-                       LoadLanes(&heads[h].qp[d * I + i]);
-              }
-              AddLanes(d_rq + (w * s.dp + d) * I + i, sum);
+              AddLanes(d_rq + (w * s.dp + d) * I + i, SumOf(s.h, [&](int64 h) {
+                         return LoadLanes(&d_logits[(h * W + w) * I + i]) *
+                                LoadLanes(&heads[h].qp[d * I + i]);
+                       }));
             }
             for (int64 d = 0; d < s.dr; ++d) {
-              Vec sum = Zero();
-              for (int64 h = 0; h < s.h; ++h) {
-                sum += heads[h].kp[w * s.dr + d] * LoadLanes(&d_logits[(h * W + w) * I + i]);
-              }
-              AddLanes(d_rk + (w * s.dr + d) * I + i, sum);
+              AddLanes(d_rk + (w * s.dr + d) * I + i, SumOf(s.h, [&](int64 h) {
+                         return heads[h].kp[w * s.dr + d] *
+                                LoadLanes(&d_logits[(h * W + w) * I + i]);
+                       }));
             }
           }
         }

@@ -147,10 +147,9 @@ void AddRelativeSums(const float* x, const SideTables& tables, int64 j, double* 
     for (int64 d = 0; d < depth; ++d) {
       const Vec xd = LoadLanes(x + d * padded + p);
       linear += xd * LoadLanes(a + d * padded + p);
-      Vec row = Zero();
-      for (int64 e = 0; e < depth; ++e) {
-        row += LoadLanes(b + (d * depth + e) * padded + p) * LoadLanes(x + e * padded + p);
-      }
+      const Vec row = SumOf(depth, [&](int64 e) {
+        return LoadLanes(b + (d * depth + e) * padded + p) * LoadLanes(x + e * padded + p);
+      });
       quadratic += xd * row;
     }
   }
@@ -161,14 +160,13 @@ void AddRelativeSums(const float* x, const SideTables& tables, int64 j, double* 
 // sum_p x_p [D] and the (symmetric) Gram sum_p x_p x_p^T [D, D] of x [D, padded].
 void ContentSums(const float* x, int64 depth, int64 padded, float* sum, float* gram) {
   for (int64 d = 0; d < depth; ++d) {
-    Vec total = Zero();
-    for (int64 p = 0; p < padded; p += kLanes) total += LoadLanes(x + d * padded + p);
-    sum[d] = HorizontalSum(total);
+    const int64 vectors = padded / kLanes;
+    sum[d] = HorizontalSum(
+        SumOf(vectors, [&](int64 v) { return LoadLanes(x + d * padded + v * kLanes); }));
     for (int64 e = d; e < depth; ++e) {
-      Vec product = Zero();
-      for (int64 p = 0; p < padded; p += kLanes) {
-        product += LoadLanes(x + d * padded + p) * LoadLanes(x + e * padded + p);
-      }
+      const Vec product = SumOf(vectors, [&](int64 v) {
+        return LoadLanes(x + d * padded + v * kLanes) * LoadLanes(x + e * padded + v * kLanes);
+      });
       gram[d * depth + e] = gram[e * depth + d] = HorizontalSum(product);
     }
   }
@@ -257,14 +255,14 @@ void SideGradient(const float* x, const SideTables& tables, int64 j, float a, fl
   const float* grams = tables.Gram(j);
   for (int64 p = 0; p < padded; p += kLanes) {
     for (int64 d = 0; d < depth; ++d) {
-      Vec relative = Zero(), content = Zero();
-      for (int64 e = 0; e < depth; ++e) {
-        const Vec xe = LoadLanes(x + e * padded + p);
-        relative += LoadLanes(grams + (d * depth + e) * padded + p) * xe;
-        if (other_sum != nullptr) content += other_gram[d * depth + e] * xe;
-      }
+      const Vec relative = SumOf(depth, [&](int64 e) {
+        return LoadLanes(grams + (d * depth + e) * padded + p) * LoadLanes(x + e * padded + p);
+      });
       Vec value = a * LoadLanes(sums + d * padded + p) + b * relative;
       if (other_sum != nullptr) {
+        const Vec content = SumOf(depth, [&](int64 e) {
+          return other_gram[d * depth + e] * LoadLanes(x + e * padded + p);
+        });
         value += content_a * other_sum[d] + (2.0f * content_b) * content;
       }
       StoreLanes(d_x + d * padded + p, value);
@@ -280,19 +278,15 @@ void AddTableGradients(const float* x, int64 head_stride, int64 heads, int64 dep
                        float* d_gram) {
   for (int64 p = 0; p < padded; p += kLanes) {
     for (int64 d = 0; d < depth; ++d) {
-      Vec linear = Zero();
-      for (int64 h = 0; h < heads; ++h) {
-        linear += a[h] * LoadLanes(x + h * head_stride + d * padded + p);
-      }
-      AddLanes(d_sum + d * padded + p, linear);
+      AddLanes(d_sum + d * padded + p, SumOf(heads, [&](int64 h) {
+                 return a[h] * LoadLanes(x + h * head_stride + d * padded + p);
+               }));
       for (int64 e = 0; e < depth; ++e) {
-        Vec quadratic = Zero();
-        for (int64 h = 0; h < heads; ++h) {
-          const float* xh = x + h * head_stride;
-          quadratic +=
-              (b[h] * LoadLanes(xh + d * padded + p)) * LoadLanes(xh + e * padded + p);
-        }
-        AddLanes(d_gram + (d * depth + e) * padded + p, quadratic);
+        AddLanes(d_gram + (d * depth + e) * padded + p, SumOf(heads, [&](int64 h) {
+                   const float* xh = x + h * head_stride;
+                   return (b[h] * LoadLanes(xh + d * padded + p)) *
+                          LoadLanes(xh + e * padded + p);
+                 }));
       }
     }
   }
