@@ -229,7 +229,7 @@ class SimilarityBatchNormalization(tf_keras.layers.Layer):
     return config
 
 
-def _masked_content_sums(q, k, valid, dtype):
+def _masked_content_sums(q, k, valid, dtype, fused):
   """(sum, squared sum) `[heads]` of the qk term over the pairs where `valid` is 1.
 
   Args:
@@ -237,6 +237,9 @@ def _masked_content_sums(q, k, valid, dtype):
     k: `[sequences, blocks, keys, heads, depth]`.
     valid: 0/1 `[blocks, 1, queries, keys]` in `dtype` (no gradient).
     dtype: the dtype of the term and of the sums (the variable dtype).
+    fused: Python bool, whether the sums run on the CPU kernel
+      (`fused_attention.masked_content_statistics`, float32), which keeps each
+      (sequence, head)'s terms in cache instead of materialising them.
 
   The term qk `[sequences, blocks, heads, queries, keys]` is full-size, so the backward
   pass computes it again from q and k (kept anyway) instead of keeping it: measured, it
@@ -245,6 +248,10 @@ def _masked_content_sums(q, k, valid, dtype):
   broadcasts of the masked products, and the reductions run over contiguous axes (a
   reduction over axes (0, 1, 3, 4) of the 5-D layout is several times slower).
   """
+  if fused:
+    return fused_attention.masked_content_statistics(tf.cast(q, dtype), tf.cast(k, dtype),
+                                                     valid[:, 0])
+
   def content_term(q, k):
     return tf.cast(tf.einsum("sjihd,sjwhd->sjhiw", q, k, name="content_statistics"), dtype)
 
@@ -787,10 +794,9 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
     offset = None
     q_content, q_position, k_position = q, q, k
     if self.use_batch_norm:
-      if valid is not None and training is not False:
-        content_sums = _masked_content_sums(q, k, valid, dtype)
-
       fused = fused_attention.usable(dtype, training)
+      if valid is not None and training is not False:
+        content_sums = _masked_content_sums(q, k, valid, dtype, fused)
 
       def sums():
         return _similarity_sums(*[tf.cast(t, dtype) for t in (q, k, r_q, r_k)], valid,

@@ -194,3 +194,31 @@ def gram_statistics(query, key, query_table_sum, query_table_gram, key_table_sum
 
   return statistics(query, key, query_table_sum, query_table_gram, key_table_sum,
                     key_table_gram)
+
+
+def masked_content_statistics(query, key, valid):
+  """Sum and squared sum per head of the qk term over the pairs where `valid` is 1.
+
+  Args:
+    query: `[sequences, blocks, queries, heads, depth]`; key `[sequences, blocks, keys,
+      heads, depth]`; valid `[blocks, queries, keys]` (0/1, no gradient). All float32.
+
+  Returns:
+    (total, square), each `[heads]`: sum over (s, j, i, w) of valid[j,i,w] times
+    q[s,j,i,h] . k[s,j,w,h], and times its square.
+  """
+  ops = load_library()
+
+  @tf.custom_gradient
+  def statistics(query, key):
+    total, square = ops.deeplab_axial_masked_content_statistics(query, key, valid)
+
+    def gradient(d_total, d_square):
+      d_total = tf.zeros_like(total) if d_total is None else d_total
+      d_square = tf.zeros_like(square) if d_square is None else d_square
+      return ops.deeplab_axial_masked_content_statistics_grad(query, key, valid, d_total,
+                                                              d_square)
+
+    return (total, square), gradient
+
+  return statistics(query, key)

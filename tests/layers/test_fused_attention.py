@@ -180,6 +180,46 @@ def test_statistics_kernel_gradient_matches_numeric_gradient(with_content):
 
 
 @needs_kernel
+def test_masked_content_kernel_matches_per_pair_sums_and_numeric_gradient():
+  rng = np.random.default_rng(10)
+  q, k, _, _, weights = _statistics_operands(rng, s=2, j=3, i=5, w=18, h=2, d=3)
+  upstream = rng.normal(size=(2, 2))
+
+  def per_pair(q, k):
+    term = np.einsum("sjihd,sjwhd->sjhiw", q, k)
+    mask = weights[None, :, None]
+    return (term * mask).sum((0, 1, 3, 4)), (term * term * mask).sum((0, 1, 3, 4))
+
+  as_float32 = [tf.constant(x, tf.float32) for x in (q, k)]
+  with tf.GradientTape() as tape:
+    tape.watch(as_float32)
+    total, square = fused_attention.masked_content_statistics(
+        *as_float32, tf.constant(weights, tf.float32))
+    weighted = (tf.reduce_sum(total * upstream[0].astype(np.float32))
+                + tf.reduce_sum(square * upstream[1].astype(np.float32)))
+  expected_total, expected_square = per_pair(q, k)
+  np.testing.assert_allclose(total.numpy(), expected_total, rtol=1e-4, atol=1e-3)
+  np.testing.assert_allclose(square.numpy(), expected_square, rtol=1e-4, atol=1e-3)
+
+  def loss(q, k):
+    total, square = per_pair(q, k)
+    return float(np.sum(total * upstream[0]) + np.sum(square * upstream[1]))
+
+  step = 1e-6
+  for index, gradient in enumerate(tape.gradient(weighted, as_float32)):
+    value = (q, k)[index]
+    numeric = np.zeros_like(value)
+    for position in np.ndindex(value.shape):
+      shifted = [q.copy(), k.copy()]
+      shifted[index][position] += step
+      above = loss(*shifted)
+      shifted[index][position] -= 2 * step
+      numeric[position] = (above - loss(*shifted)) / (2 * step)
+    np.testing.assert_allclose(gradient.numpy(), numeric, rtol=1e-3, atol=1e-3,
+                               err_msg=f"operand {index}")
+
+
+@needs_kernel
 def test_statistics_kernel_rejects_disagreeing_shapes():
   q, k, r_q, r_k, weights = _statistics_operands(np.random.default_rng(8))
   tables = list(_table_operands(r_q, r_k, weights))
@@ -187,6 +227,10 @@ def test_statistics_kernel_rejects_disagreeing_shapes():
   with pytest.raises(tf.errors.InvalidArgumentError, match="operand shapes disagree"):
     fused_attention.gram_statistics(*[tf.constant(x, tf.float32) for x in [q, k] + tables],
                                     with_content=False)
+  with pytest.raises(tf.errors.InvalidArgumentError, match=r"valid \[J, I, W\]"):
+    fused_attention.masked_content_statistics(
+        tf.constant(q, tf.float32), tf.constant(k, tf.float32),
+        tf.constant(weights[:, :, :-1], tf.float32))  # one key too few
 
 
 @needs_kernel
@@ -204,6 +248,10 @@ def test_statistics_kernel_is_deterministic():
     return [totals, squares] + tape.gradient(loss, operands)
 
   for first, second in zip(run(), run()):
+    np.testing.assert_array_equal(first.numpy(), second.numpy())
+  masked = [fused_attention.masked_content_statistics(
+      operands[0], operands[1], tf.constant(weights, tf.float32)) for _ in range(2)]
+  for first, second in zip(*masked):
     np.testing.assert_array_equal(first.numpy(), second.numpy())
 
 
@@ -259,6 +307,9 @@ def test_layer_training_step_equals_tf_op_path(axis, height, width, heads, filte
   assert "DeeplabAxialAttentionBackward" in fused_ops
   assert ("DeeplabAxialGramStatistics" in fused_ops) == batch_norm
   assert ("DeeplabAxialGramStatisticsGrad" in fused_ops) == batch_norm
+  masked = batch_norm and span is not None  # every masked case here has out-of-band pairs
+  assert ("DeeplabAxialMaskedContentStatistics" in fused_ops) == masked
+  assert ("DeeplabAxialMaskedContentStatisticsGrad" in fused_ops) == masked
   assert not any(op.startswith("DeeplabAxial") for op in reference_ops)
   np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=1e-4, atol=1e-4)
   variables = [None] + layers[0].trainable_variables

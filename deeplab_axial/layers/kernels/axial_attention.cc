@@ -117,14 +117,6 @@ Buffer QueriesLast(const float* table, int64 queries, int64 stride, int64 keys,
   return out;
 }
 
-// x[n, :, h, :] of x [N, P, H, D] -> out [P, D] (depth last).
-void GatherDepthLast(const float* x, int64 n, int64 h, int64 positions, int64 heads,
-                     int64 depth, float* out) {
-  const float* base = x + (n * positions * heads + h) * depth;
-  for (int64 p = 0; p < positions; ++p)
-    std::copy(base + p * heads * depth, base + p * heads * depth + depth, out + p * depth);
-}
-
 // The tables, queries last ([W, D, I]); shared by every (sequence, head).
 struct Tables {
   Buffer rq, rk, rv;
@@ -142,15 +134,6 @@ Buffer KeysLast(const float* table, const Sizes& s, int64 depth) {
       for (int64 d = 0; d < depth; ++d)
         out[(i * depth + d) * s.wp + w] = table[(i * s.w + w) * depth + d];
   return out;
-}
-
-// in [rows, stride] -> out [columns, out_stride] for the first `columns` columns (the
-// padding stays zero). Writes contiguously: with strided stores instead, the kernel's
-// backward took ~10% longer (measured).
-void Transpose(const float* in, int64 rows, int64 stride, int64 columns, int64 out_stride,
-               float* out) {
-  for (int64 c = 0; c < columns; ++c)
-    for (int64 r = 0; r < rows; ++r) out[c * out_stride + r] = in[r * stride + c];
 }
 
 // The operands of one (sequence, head) and its logits [W, I].

@@ -18,6 +18,12 @@
 // Outputs totals and squares [T, H] with terms (qk, qr, kr) when `with_content`, else
 // (qr, kr).
 //
+// With a band or key mask the qk sums need the terms themselves:
+// DeeplabAxialMaskedContentStatistics sums valid[j,i,w] qk and valid qk^2 per head
+// (valid [J, I, W]) in O(queries * keys * depth), one (sequence-block, head) at a
+// time in cache; the TF ops materialised the [S, J, H, I, W] term, twice (forward and
+// backward).
+//
 // As in axial_attention.cc, each (sequence-block, head) is gathered with its positions on
 // the vector lanes ([depth, positions padded to kLanes]), so that every product above is
 // element-wise on rows of positions (scalar loops over depths of 4-32 were slower than
@@ -394,6 +400,174 @@ class GramStatisticsGradOp : public OpKernel {
   bool with_content_;
 };
 
+struct MaskedSizes {
+  int64 s, j, i, w, h, d;
+  int64 ip, wp;
+};
+
+// Reads q [S, J, I, H, D], k [S, J, W, H, D] and valid [J, I, W] and checks them.
+bool ReadMaskedSizes(OpKernelContext* context, MaskedSizes* z) {
+  const Tensor& q = context->input(0);
+  const Tensor& k = context->input(1);
+  const Tensor& valid = context->input(2);
+  const bool agree =
+      q.dims() == 5 && k.dims() == 5 && valid.dims() == 3 &&
+      k.dim_size(0) == q.dim_size(0) && k.dim_size(1) == q.dim_size(1) &&
+      k.dim_size(3) == q.dim_size(3) && k.dim_size(4) == q.dim_size(4) &&
+      valid.dim_size(0) == q.dim_size(1) && valid.dim_size(1) == q.dim_size(2) &&
+      valid.dim_size(2) == k.dim_size(2);
+  if (!agree) {
+    context->CtxFailure(InvalidArgument(
+        "masked content statistics: expected q [S, J, I, H, D], k [S, J, W, H, D] and "
+        "valid [J, I, W], got q ", q.shape().DebugString(), " k ", k.shape().DebugString(),
+        " valid ", valid.shape().DebugString()));
+    return false;
+  }
+  *z = {q.dim_size(0), q.dim_size(1), q.dim_size(2), k.dim_size(2), q.dim_size(3),
+        q.dim_size(4), PadToLanes(q.dim_size(2)), PadToLanes(k.dim_size(2))};
+  return true;
+}
+
+// One (sequence-block, head): q [D, ip] (queries on the lanes), k [W, D], and the
+// block's mask [W, ip].
+struct MaskedHead {
+  const MaskedSizes& z;
+  Buffer q, k;
+  explicit MaskedHead(const MaskedSizes& sizes)
+      : z(sizes), q(z.d * z.ip, 0.0f), k(z.w * z.d) {}
+  void Gather(OpKernelContext* context, int64 n, int64 h) {
+    GatherPositionsLast(context->input(0).flat<float>().data(), n, h, z.i, z.ip, z.h, z.d,
+                        q.data());
+    GatherDepthLast(context->input(1).flat<float>().data(), n, h, z.w, z.h, z.d, k.data());
+  }
+  // qk of key w for the queries i..i+kLanes.
+  Vec Term(int64 w, int64 i) const {
+    return SumOf(z.d, [&](int64 d) { return k[w * z.d + d] * LoadLanes(&q[d * z.ip + i]); });
+  }
+};
+
+// valid [J, I, W] -> [J, W, ip] (queries last, zero-padded: padding lanes count nothing).
+Buffer MaskQueriesLast(const Tensor& valid, const MaskedSizes& z) {
+  Buffer out(z.j * z.w * z.ip, 0.0f);
+  const float* in = valid.flat<float>().data();
+  for (int64 j = 0; j < z.j; ++j)
+    for (int64 i = 0; i < z.i; ++i)
+      for (int64 w = 0; w < z.w; ++w)
+        out[(j * z.w + w) * z.ip + i] = in[(j * z.i + i) * z.w + w];
+  return out;
+}
+
+class MaskedContentStatisticsOp : public OpKernel {
+ public:
+  explicit MaskedContentStatisticsOp(OpKernelConstruction* context) : OpKernel(context) {}
+
+  void Compute(OpKernelContext* context) override {
+    MaskedSizes z;
+    if (!ReadMaskedSizes(context, &z)) return;
+    Tensor *total_out, *square_out;
+    OP_REQUIRES_OK(context, context->allocate_output(0, TensorShape({z.h}), &total_out));
+    OP_REQUIRES_OK(context, context->allocate_output(1, TensorShape({z.h}), &square_out));
+    const Buffer mask = MaskQueriesLast(context->input(2), z);
+    const int64 sequences = z.s * z.j;
+    const int64 parts = NumParts(context, sequences);
+    std::vector<double> partial(parts * 2 * z.h, 0.0);
+    ParallelParts(context, sequences, parts, [&](int64 part, int64 first, int64 last) {
+      double* totals = partial.data() + part * 2 * z.h;
+      double* squares = totals + z.h;
+      MaskedHead head(z);
+      for (int64 n = first; n < last; ++n) {
+        const float* valid = mask.data() + (n % z.j) * z.w * z.ip;
+        for (int64 h = 0; h < z.h; ++h) {
+          head.Gather(context, n, h);
+          Vec linear = Zero(), quadratic = Zero();
+          for (int64 i = 0; i < z.ip; i += kLanes) {
+            for (int64 w = 0; w < z.w; ++w) {
+              const Vec term = head.Term(w, i);
+              const Vec masked = LoadLanes(valid + w * z.ip + i) * term;
+              linear += masked;
+              quadratic += masked * term;
+            }
+          }
+          totals[h] += HorizontalSum(linear);
+          squares[h] += HorizontalSum(quadratic);
+        }
+      }
+    });
+    float* totals = total_out->flat<float>().data();
+    float* squares = square_out->flat<float>().data();
+    for (int64 h = 0; h < z.h; ++h) {
+      double total = 0.0, square = 0.0;
+      for (int64 part = 0; part < parts; ++part) {
+        total += partial[part * 2 * z.h + h];
+        square += partial[part * 2 * z.h + z.h + h];
+      }
+      totals[h] = static_cast<float>(total);
+      squares[h] = static_cast<float>(square);
+    }
+  }
+};
+
+class MaskedContentStatisticsGradOp : public OpKernel {
+ public:
+  explicit MaskedContentStatisticsGradOp(OpKernelConstruction* context)
+      : OpKernel(context) {}
+
+  void Compute(OpKernelContext* context) override {
+    MaskedSizes z;
+    if (!ReadMaskedSizes(context, &z)) return;
+    OP_REQUIRES(context,
+                context->input(3).shape() == TensorShape({z.h}) &&
+                    context->input(4).shape() == TensorShape({z.h}),
+                InvalidArgument("masked content statistics: upstream gradients must be [",
+                                z.h, "], got ", context->input(3).shape().DebugString(),
+                                " and ", context->input(4).shape().DebugString()));
+    Tensor *d_q_out, *d_k_out;
+    OP_REQUIRES_OK(context, context->allocate_output(0, context->input(0).shape(), &d_q_out));
+    OP_REQUIRES_OK(context, context->allocate_output(1, context->input(1).shape(), &d_k_out));
+    const Buffer mask = MaskQueriesLast(context->input(2), z);
+    const float* d_total = context->input(3).flat<float>().data();
+    const float* d_square = context->input(4).flat<float>().data();
+    const int64 cost = z.w * z.ip * z.d * 3;
+    // Every element of d_q and d_k is written once, per (sequence-block, head).
+    ParallelFor(context, z.s * z.j * z.h, cost, [&](int64 first, int64 last) {
+      MaskedHead head(z);
+      Buffer d_term(z.w * z.ip), d_term_t(z.i * z.wp, 0.0f);
+      Buffer d_q(z.d * z.ip), d_k(z.d * z.wp);
+      for (int64 nh = first; nh < last; ++nh) {
+        const int64 n = nh / z.h, h = nh % z.h;
+        const float* valid = mask.data() + (n % z.j) * z.w * z.ip;
+        head.Gather(context, n, h);
+        // d term = valid (d_total + 2 d_square term), per (key, query).
+        for (int64 i = 0; i < z.ip; i += kLanes) {
+          for (int64 w = 0; w < z.w; ++w) {
+            StoreLanes(&d_term[w * z.ip + i],
+                       LoadLanes(valid + w * z.ip + i) *
+                           (d_total[h] + (2.0f * d_square[h]) * head.Term(w, i)));
+          }
+          for (int64 d = 0; d < z.d; ++d) {
+            StoreLanes(&d_q[d * z.ip + i], SumOf(z.w, [&](int64 w) {
+                         return head.k[w * z.d + d] * LoadLanes(&d_term[w * z.ip + i]);
+                       }));
+          }
+        }
+        // Key side with keys on the lanes.
+        Transpose(d_term.data(), z.w, z.ip, z.i, z.wp, d_term_t.data());
+        for (int64 w = 0; w < z.wp; w += kLanes) {
+          for (int64 d = 0; d < z.d; ++d) {
+            StoreLanes(&d_k[d * z.wp + w], SumOf(z.i, [&](int64 i) {
+                         return head.q[d * z.ip + i] * LoadLanes(&d_term_t[i * z.wp + w]);
+                       }));
+          }
+        }
+        ScatterPositionsLast(d_q.data(), n, h, z.i, z.ip, z.h, z.d,
+                             d_q_out->flat<float>().data());
+        ScatterPositionsLast(d_k.data(), n, h, z.w, z.wp, z.h, z.d,
+                             d_k_out->flat<float>().data());
+      }
+    });
+  }
+};
+
 REGISTER_OP("DeeplabAxialGramStatistics")
     .Input("query: float")
     .Input("key: float")
@@ -441,6 +615,41 @@ REGISTER_KERNEL_BUILDER(
 REGISTER_KERNEL_BUILDER(
     Name("DeeplabAxialGramStatisticsGrad").Device(::tensorflow::DEVICE_CPU),
     GramStatisticsGradOp);
+
+REGISTER_OP("DeeplabAxialMaskedContentStatistics")
+    .Input("query: float")
+    .Input("key: float")
+    .Input("valid: float")
+    .Output("total: float")
+    .Output("square: float")
+    .SetShapeFn([](InferenceContext* c) {
+      ::tensorflow::shape_inference::ShapeHandle query;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 5, &query));
+      c->set_output(0, c->Vector(c->Dim(query, 3)));
+      c->set_output(1, c->Vector(c->Dim(query, 3)));
+      return ::tensorflow::OkStatus();
+    });
+
+REGISTER_OP("DeeplabAxialMaskedContentStatisticsGrad")
+    .Input("query: float")
+    .Input("key: float")
+    .Input("valid: float")
+    .Input("d_total: float")
+    .Input("d_square: float")
+    .Output("d_query: float")
+    .Output("d_key: float")
+    .SetShapeFn([](InferenceContext* c) {
+      c->set_output(0, c->input(0));
+      c->set_output(1, c->input(1));
+      return ::tensorflow::OkStatus();
+    });
+
+REGISTER_KERNEL_BUILDER(
+    Name("DeeplabAxialMaskedContentStatistics").Device(::tensorflow::DEVICE_CPU),
+    MaskedContentStatisticsOp);
+REGISTER_KERNEL_BUILDER(
+    Name("DeeplabAxialMaskedContentStatisticsGrad").Device(::tensorflow::DEVICE_CPU),
+    MaskedContentStatisticsGradOp);
 
 }  // namespace
 }  // namespace deeplab_axial
