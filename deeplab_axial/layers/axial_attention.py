@@ -47,9 +47,10 @@ Batch normalization (the official recipe; `use_batch_norm=False` removes all thr
   gamma/beta per (channel, term), statistics over batch x positions.
 
 Implementation: float32 training on a CPU runs the attention core (logits, softmax, both
-retrievals and their gradients) on the fused C++ kernel of `fused_attention`; inference,
-exports, XLA, GPUs and float16/bfloat16 run the TF ops below (`_attend_with_tf_ops`).
-Both compute the same maths.
+retrievals and their gradients) and the similarity statistics on the C++ kernels of
+`fused_attention`; inference, exports, XLA, GPUs and float16/bfloat16 run the TF ops
+below (`_attend_with_tf_ops`, `_gram_statistics_with_tf_ops`; the statistics, float32 in
+every policy, use the kernel under mixed precision too). Both compute the same maths.
 
 Strides: `strides=s` average-pools the output along the layer's axis after the attention
 (window s, stride s). The output length is ceil(length / s), like a strided convolution, so

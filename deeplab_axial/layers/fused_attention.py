@@ -1,13 +1,16 @@
-"""The fused CPU kernel of the axial attention core, compiled from source on first use.
+"""Fused CPU kernels of axial attention training, compiled from source on first use.
 
 `PositionSensitiveAxialAttention` computes logits = qk + qr + kr, their softmax and the
 two retrievals either with TF ops (any device, XLA, float16/bfloat16) or, when training
-in float32 on a CPU, with the fused kernel in `kernels/axial_attention.cc`: one pass per
-(sequence, head) that keeps each logit row in cache and saves only the log-normalizer
-for the backward pass, which recomputes the weights. The TF-op path writes and reads
-the full `[sequences, heads, queries, keys]` logits dozens of times per step.
+in float32 on a CPU, with the fused kernel in `kernels/axial_attention.cc` (`attend`):
+one pass per (sequence, head) that keeps each logit row in cache and saves only the
+log-normalizer for the backward pass, which recomputes the weights. The TF-op path
+writes and reads the full `[sequences, heads, queries, keys]` logits dozens of times
+per step. `kernels/similarity_statistics.cc` computes the training-mode similarity
+batch norm's sums (`gram_statistics`, `masked_content_statistics`), which are float32
+under every precision policy.
 
-The kernel is compiled with the system C++ compiler (`$CXX`, default `g++`) against the
+The kernels are compiled with the system C++ compiler (`$CXX`, default `g++`) against the
 installed TensorFlow's headers, once per (source, TensorFlow version, CPU), into
 `$DEEPLAB_AXIAL_KERNEL_CACHE` (default `~/.cache/deeplab_axial/kernels`); this takes
 about 10 s. Without a compiler, or when the build fails, a warning names the reason
