@@ -81,8 +81,10 @@ def test_semantic_module_without_probs_or_boundary_head():
   images = tf_keras.Input((None, None, 3))
   model = tf_keras.Model(images, {"semantic_logits": tf_keras.layers.Conv2D(3, 1)(images)})
   options = serving.ServingOptions(_LABEL_SPACE, include_semantic_probs=False)
-  outputs = semantic.SemanticServingModule(model, options).serve_images(
-      tf.zeros([1, 5, 7, 3], tf.uint8))
+  # Held in a variable: a tf.function method keeps only a weak reference to its object,
+  # which a temporary can lose to garbage collection while tracing.
+  module = semantic.SemanticServingModule(model, options)
+  outputs = module.serve_images(tf.zeros([1, 5, 7, 3], tf.uint8))
   assert set(outputs) == {"semantic", "image_height", "image_width"}
   assert outputs["semantic"].shape == (1, 5, 7)
 
