@@ -38,6 +38,19 @@ def _reference(qc, kc, qp, rq, kp, rk, v, rv):
   return content, position, normalizer
 
 
+def _numeric_gradient(loss, operands, index, step=1e-6):
+  """Central differences of the float64 `loss(operands)` with respect to operand `index`."""
+  value = operands[index]
+  numeric = np.zeros_like(value)
+  for position in np.ndindex(value.shape):
+    shifted = [x.copy() for x in operands]
+    shifted[index][position] += step
+    above = loss(shifted)
+    shifted[index][position] -= 2 * step
+    numeric[position] = (above - loss(shifted)) / (2 * step)
+  return numeric
+
+
 @needs_kernel
 def test_kernel_builds_on_this_machine():
   # With a compiler present, a failed build is a bug, not a fallback to hide.
@@ -72,17 +85,9 @@ def test_kernel_backward_matches_numeric_gradient_of_numpy_reference():
   _, _, normalizer = ops.deeplab_axial_attention_forward(*as_float32)
   gradients = ops.deeplab_axial_attention_backward(
       *as_float32, normalizer, *[tf.constant(u, tf.float32) for u in upstream])
-  step = 1e-6
-  for index, (value, gradient) in enumerate(zip(operands, gradients)):
-    numeric = np.zeros_like(value)
-    for position in np.ndindex(value.shape):
-      shifted = [x.copy() for x in operands]
-      shifted[index][position] += step
-      above = loss(shifted)
-      shifted[index][position] -= 2 * step
-      numeric[position] = (above - loss(shifted)) / (2 * step)
-    np.testing.assert_allclose(gradient.numpy(), numeric, rtol=1e-3, atol=1e-4,
-                               err_msg=f"operand {index}")
+  for index, gradient in enumerate(gradients):
+    np.testing.assert_allclose(gradient.numpy(), _numeric_gradient(loss, operands, index),
+                               rtol=1e-3, atol=1e-4, err_msg=f"operand {index}")
 
 
 @needs_kernel
@@ -166,17 +171,9 @@ def test_statistics_kernel_gradient_matches_numeric_gradient(with_content):
     weighted = (tf.reduce_sum(totals * upstream[0].astype(np.float32))
                 + tf.reduce_sum(squares * upstream[1].astype(np.float32)))
   gradients = tape.gradient(weighted, as_float32)
-  step = 1e-6
-  for index, (value, gradient) in enumerate(zip(operands, gradients)):
-    numeric = np.zeros_like(value)
-    for position in np.ndindex(value.shape):
-      shifted = [x.copy() for x in operands]
-      shifted[index][position] += step
-      above = loss(shifted)
-      shifted[index][position] -= 2 * step
-      numeric[position] = (above - loss(shifted)) / (2 * step)
-    np.testing.assert_allclose(gradient.numpy(), numeric, rtol=1e-3, atol=1e-3,
-                               err_msg=f"operand {index}")
+  for index, gradient in enumerate(gradients):
+    np.testing.assert_allclose(gradient.numpy(), _numeric_gradient(loss, operands, index),
+                               rtol=1e-3, atol=1e-3, err_msg=f"operand {index}")
 
 
 @needs_kernel
@@ -201,22 +198,13 @@ def test_masked_content_kernel_matches_per_pair_sums_and_numeric_gradient():
   np.testing.assert_allclose(total.numpy(), expected_total, rtol=1e-4, atol=1e-3)
   np.testing.assert_allclose(square.numpy(), expected_square, rtol=1e-4, atol=1e-3)
 
-  def loss(q, k):
-    total, square = per_pair(q, k)
+  def loss(values):
+    total, square = per_pair(*values)
     return float(np.sum(total * upstream[0]) + np.sum(square * upstream[1]))
 
-  step = 1e-6
   for index, gradient in enumerate(tape.gradient(weighted, as_float32)):
-    value = (q, k)[index]
-    numeric = np.zeros_like(value)
-    for position in np.ndindex(value.shape):
-      shifted = [q.copy(), k.copy()]
-      shifted[index][position] += step
-      above = loss(*shifted)
-      shifted[index][position] -= 2 * step
-      numeric[position] = (above - loss(*shifted)) / (2 * step)
-    np.testing.assert_allclose(gradient.numpy(), numeric, rtol=1e-3, atol=1e-3,
-                               err_msg=f"operand {index}")
+    np.testing.assert_allclose(gradient.numpy(), _numeric_gradient(loss, [q, k], index),
+                               rtol=1e-3, atol=1e-3, err_msg=f"operand {index}")
 
 
 @needs_kernel

@@ -196,11 +196,21 @@ struct Gathered {
   float* Key(int64 h) { return k.data() + h * z.d * z.wp; }
 };
 
-class GramStatisticsOp : public OpKernel {
+// The two Gram-statistics ops, whose `with_content` attribute says whether the qk term
+// is among the statistics.
+class WithContentOpKernel : public OpKernel {
  public:
-  explicit GramStatisticsOp(OpKernelConstruction* context) : OpKernel(context) {
+  explicit WithContentOpKernel(OpKernelConstruction* context) : OpKernel(context) {
     OP_REQUIRES_OK(context, context->GetAttr("with_content", &with_content_));
   }
+
+ protected:
+  bool with_content_;
+};
+
+class GramStatisticsOp : public WithContentOpKernel {
+ public:
+  using WithContentOpKernel::WithContentOpKernel;
 
   void Compute(OpKernelContext* context) override {
     StatisticSizes z;
@@ -246,9 +256,6 @@ class GramStatisticsOp : public OpKernel {
       squares[index] = static_cast<float>(square);
     }
   }
-
- private:
-  bool with_content_;
 };
 
 // d x [D, padded] of one side: a * sum[p] + b * symmetrized gram[p] x_p, plus, with
@@ -307,11 +314,9 @@ void PositionsFirst(const float* in, int64 blocks, int64 columns, int64 padded,
         out[(j * positions + p) * columns + c] = in[(j * columns + c) * padded + p];
 }
 
-class GramStatisticsGradOp : public OpKernel {
+class GramStatisticsGradOp : public WithContentOpKernel {
  public:
-  explicit GramStatisticsGradOp(OpKernelConstruction* context) : OpKernel(context) {
-    OP_REQUIRES_OK(context, context->GetAttr("with_content", &with_content_));
-  }
+  using WithContentOpKernel::WithContentOpKernel;
 
   void Compute(OpKernelContext* context) override {
     StatisticSizes z;
@@ -395,9 +400,6 @@ class GramStatisticsGradOp : public OpKernel {
     PositionsFirst(key_sums + z.j * z.d * z.wp, z.j, z.d * z.d, z.wp, z.w,
                    grads[5]->flat<float>().data());
   }
-
- private:
-  bool with_content_;
 };
 
 struct MaskedSizes {
