@@ -28,9 +28,11 @@ Span
   give identical results. The similarity BN is an affine map per (term, head), so its
   scales are folded into q and k before the einsums, in training (batch statistics from
   sums over small Gram matrices, see `_similarity_sums`) as in inference (moving
-  statistics; the per-head offset, which the softmax ignores, is dropped there). The
-  offset and the masks enter as extra depth channels of the einsums (e.g. q: 1,
-  r^q: 0 or a large negative logit) instead of an add or select on the full logits.
+  statistics; the per-head offset, which the softmax ignores, is dropped there). On the
+  TF-op path the offset and the masks enter as extra depth channels of the einsums
+  (e.g. q: 1, r^q: 0 or a large negative logit) instead of an add or select on the
+  full logits; the fused CPU kernel takes the scales and a per-pair logit bias as
+  operands.
 
 Batch normalization (the official recipe; `use_batch_norm=False` removes all three)
 ---------------------------------------------------------------------------------------
@@ -499,21 +501,48 @@ def _attend_with_tf_ops(operands, late_offset, v, r_v, dtype):
   return retrieved_content, retrieved_position
 
 
-def _attend_fused(operands, v, r_v):
-  """As `_attend_with_tf_ops` (no late offset, float32) on the fused CPU kernel."""
-  q_content, k_content, q_position, r_q, k_position, r_k = operands
+def _attend_fused(q, k, v, r_q, r_k, r_v, scale, offset, band, key_inside):
+  """As `_attend_with_tf_ops` (float32) on the fused CPU kernel.
 
+  The kernel takes q and k as they are, with the similarity scales and the masks beside
+  them, instead of the scaled copies and the extra depth channels of
+  `_logit_operands`: those copies, and their gradients, were most of the glue around
+  the kernel.
+
+  Args:
+    q: `[s, blocks, queries, heads, dq]`; k `[s, blocks, keys, heads, dq]`;
+      v `[s, blocks, keys, heads, dv]`.
+    r_q, r_k: `[queries, keys, dq]`; r_v `[queries, keys, dv]`.
+    scale: None (no batch norm) or `[3, heads]`; offset None or `[heads]`
+      (`SimilarityBatchNormalization.scale_and_offset`).
+    band: None or a 0/1 `[queries, keys]` mask; key_inside None or 0/1 `[blocks, keys]`.
+
+  Returns:
+    (content, position), each `[s, blocks, queries, heads, dv]`.
+  """
   def sequences_of_blocks(x):  # [s, blocks, positions, h, d] -> [s * blocks, ...]
     shape = tf.shape(x)
     return tf.reshape(x, tf.concat([[shape[0] * shape[1]], shape[2:]], 0))
 
-  shape = tf.shape(q_content)
+  if scale is None:
+    scale = tf.ones([3, q.shape[3]])
+  table_shape = tf.shape(r_q)[:2]
+  if band is None and key_inside is None:
+    bias = tf.zeros(tf.concat([[0], table_shape], 0))
+  else:
+    allowed = tf.ones([1, 1, 1])
+    if band is not None:
+      allowed *= band[None]
+    if key_inside is not None:
+      allowed *= key_inside[:, None, :]
+    bias = tf.broadcast_to((1.0 - allowed) * _MASKED_LOGIT,
+                           tf.concat([tf.shape(allowed)[:1], table_shape], 0))
+  shape = tf.shape(q)
   content, position = fused_attention.attend(
-      sequences_of_blocks(q_content), sequences_of_blocks(k_content),
-      sequences_of_blocks(q_position), r_q, sequences_of_blocks(k_position), r_k,
-      sequences_of_blocks(v), r_v)
+      sequences_of_blocks(q), sequences_of_blocks(k), r_q, r_k, sequences_of_blocks(v),
+      r_v, scale, bias, offset)
   output_shape = tf.concat([shape[:4], tf.shape(v)[-1:]], 0)
-  static_shape = q_content.shape[:4].concatenate(v.shape[-1:])
+  static_shape = q.shape[:4].concatenate(v.shape[-1:])
   return tuple(tf.ensure_shape(tf.reshape(x, output_shape), static_shape)
                for x in (content, position))
 
@@ -759,51 +788,64 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
 
   # -- forward -----------------------------------------------------------------------
 
-  def _logit_operands(self, q, k, r_q, r_k, valid, band, key_inside, training):
-    """The operands of the normalized logits qk + qr + kr, and a late offset.
+  def _similarity_normalization(self, q, k, r_q, r_k, valid, training):
+    """The similarity batch norm as (scale `[3, heads]`, offset `[heads]` or None).
 
-    The similarity batch norm is an affine map per (term, head) (see
-    `SimilarityBatchNormalization`), so its scales are folded into q and k before the
-    einsums in training as in inference; the batch statistics come from
-    `_similarity_sums` (Gram matrices, no per-term tensors). The only full-size tensor
-    besides the logits is the masked qk term when a mask restricts the training
-    statistics, and the backward pass recomputes it instead of keeping it. The per-head
-    offset (kept in training so that beta stays in the graph) and the masks ride along
-    in the contractions as extra depth channels, (q: offset, r^q: 1), (q: 1, r^q: 0 or
-    the masked logit) and (q: 1, k: 0 or the masked logit): a separate add or select on
-    the full logits, and its gradient's reduction, cost more (under XLA a select cost
-    ~40% of the layer at 65²).
+    The normalized sum of the three terms is an affine map per (term, head) (see
+    `SimilarityBatchNormalization`); its training statistics come from
+    `_similarity_sums` (Gram matrices, no per-term tensors), plus, where a mask
+    restricts them, the masked qk sums (`_masked_content_sums`).
 
     Args:
       q: `[s, blocks, queries, heads, dq]`; k: `[s, blocks, keys, heads, dq]`.
       r_q, r_k: `[queries, keys, dq]`.
-      valid: None or a 0/1 `[blocks, 1, queries, keys]` mask (statistics).
-      band: None or a 0/1 `[queries, keys]` mask (logits).
-      key_inside: None or a 0/1 `[blocks, keys]` mask (logits).
+      valid: None or a 0/1 `[blocks, 1, queries, keys]` mask of the pairs the
+        statistics count.
       training: as in `call`.
+
+    Returns:
+      `SimilarityBatchNormalization.scale_and_offset`'s (scale, offset), in the variable
+      dtype.
+    """
+    training = _resolve_training(training)
+    dtype = self.variable_dtype
+    if valid is not None:
+      valid = tf.cast(valid, dtype)
+    fused = fused_attention.usable(dtype, training)
+    content_sums = None  # only masked training statistics need the qk term itself
+    if valid is not None and training is not False:
+      content_sums = _masked_content_sums(q, k, valid, dtype, fused)
+
+    def sums():
+      return _similarity_sums(*[tf.cast(t, dtype) for t in (q, k, r_q, r_k)], valid,
+                              content_sums, fused)
+
+    return self.similarity_batch_norm.scale_and_offset(sums, training)
+
+  def _logit_operands(self, q, k, r_q, r_k, scale, offset, band, key_inside):
+    """The TF-op path's operands of the normalized logits qk + qr + kr.
+
+    The similarity scales are folded into q and k before the contractions, so the
+    normalized terms are never materialised. The per-head offset (kept in training so
+    that beta stays in the graph) and the masks ride along in the contractions as extra
+    depth channels, (q: offset, r^q: 1), (q: 1, r^q: 0 or the masked logit) and (q: 1,
+    k: 0 or the masked logit): a separate add or select on the full logits, and its
+    gradient's reduction, cost more (under XLA a select cost ~40% of the layer at 65²).
+
+    Args:
+      q: `[s, blocks, queries, heads, dq]`; k: `[s, blocks, keys, heads, dq]`.
+      r_q, r_k: `[queries, keys, dq]`.
+      scale, offset: `_similarity_normalization`'s, or None without batch norm.
+      band: None or a 0/1 `[queries, keys]` mask.
+      key_inside: None or a 0/1 `[blocks, keys]` mask.
 
     Returns:
       ((q_content, k_content, q_position, r_q, k_position, r_k), late_offset): logits
       = q_content . k_content + q_position . r_q + k_position . r_k (+ late_offset
       `[heads]`, only for float16/bfloat16 compute with a float32 offset, else None).
     """
-    training = _resolve_training(training)
-    dtype = self.variable_dtype
-    if valid is not None:
-      valid = tf.cast(valid, dtype)
-    content_sums = None  # only masked training statistics need the qk term itself
-    offset = None
     q_content, q_position, k_position = q, q, k
-    if self.use_batch_norm:
-      fused = fused_attention.usable(dtype, training)
-      if valid is not None and training is not False:
-        content_sums = _masked_content_sums(q, k, valid, dtype, fused)
-
-      def sums():
-        return _similarity_sums(*[tf.cast(t, dtype) for t in (q, k, r_q, r_k)], valid,
-                                content_sums, fused)
-
-      scale, offset = self.similarity_batch_norm.scale_and_offset(sums, training)
+    if scale is not None:
       folded = tf.cast(scale, q.dtype)[:, :, None]
       q_content, q_position, k_position = q * folded[0], q * folded[1], k * folded[2]
     # s: sequence, j: block, i: query in block, w: key in window, h: head.
@@ -811,7 +853,7 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
     masked_logit = max(_MASKED_LOGIT, -float(q.dtype.max) / 2)
     ones = tf.ones_like(q[..., :1])
     late_offset = None
-    if offset is not None and q.dtype != dtype:
+    if offset is not None and q.dtype != self.variable_dtype:
       late_offset = offset  # float16 einsums would round a large offset coarsely
     elif offset is not None:
       q_position = tf.concat([q_position, ones * offset[:, None]], -1)
@@ -824,7 +866,6 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
       key_mask = tf.cast((1.0 - key_inside) * masked_logit, k.dtype)[None, :, :, None, None]
       k = tf.concat([k, key_mask + tf.zeros_like(k[..., :1])], -1)
     return (q_content, k, q_position, r_q, k_position, r_k), late_offset
-
 
   def call(self, inputs, training=None):
     if inputs.shape.rank != 4:
@@ -847,11 +888,15 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
     relative = tf.gather(tf.cast(self.relative_embeddings, q.dtype), rows)
     r_q, r_k, r_v = tf.split(relative, [self.query_depth, self.query_depth,
                                         self.value_depth], -1)
-    operands, late_offset = self._logit_operands(q, k, r_q, r_k, valid, band, key_inside,
-                                                 training)
-    if late_offset is None and fused_attention.usable(q.dtype, _resolve_training(training)):
-      retrieved_content, retrieved_position = _attend_fused(operands, v, r_v)
+    scale = offset = None
+    if self.use_batch_norm:
+      scale, offset = self._similarity_normalization(q, k, r_q, r_k, valid, training)
+    if fused_attention.usable(q.dtype, _resolve_training(training)):
+      retrieved_content, retrieved_position = _attend_fused(
+          q, k, v, r_q, r_k, r_v, scale, offset, band, key_inside)
     else:
+      operands, late_offset = self._logit_operands(q, k, r_q, r_k, scale, offset, band,
+                                                   key_inside)
       retrieved_content, retrieved_position = _attend_with_tf_ops(
           operands, late_offset, v, r_v, self.variable_dtype)
 

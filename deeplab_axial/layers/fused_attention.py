@@ -119,20 +119,27 @@ def usable(dtype, training):
   return load_library() is not None
 
 
-def attend(query_content, key_content, query_position, query_table, key_position,
-           key_table, value, value_table):
+def attend(query, key, query_table, key_table, value, value_table, scales, logit_bias,
+           offset=None):
   """Softmax attention with content and relative terms, on the fused kernel.
 
-  logits[n,h,i,w] = query_content[n,i,h] . key_content[n,w,h]
-                    + query_position[n,i,h] . query_table[i,w]
-                    + key_position[n,w,h] . key_table[i,w]
+  logits[n,h,i,w] = scales[0,h] query[n,i,h] . key[n,w,h]
+                    + scales[1,h] query[n,i,h] . query_table[i,w]
+                    + scales[2,h] key[n,w,h] . key_table[i,w]
+                    + logit_bias[n % blocks, i, w] (+ offset[h])
 
   Args:
-    query_content: `[sequences, queries, heads, Dc]`; key_content `[sequences, keys,
-      heads, Dc]`.
-    query_position: `[sequences, queries, heads, Dp]`; query_table `[queries, keys, Dp]`.
-    key_position: `[sequences, keys, heads, Dr]`; key_table `[queries, keys, Dr]`.
+    query: `[sequences, queries, heads, Dq]`; key `[sequences, keys, heads, Dq]`.
+    query_table, key_table: `[queries, keys, Dq]`.
     value: `[sequences, keys, heads, Dv]`; value_table `[queries, keys, Dv]`.
+    scales: `[3, heads]`, the similarity batch norm's scales of the three terms.
+    logit_bias: `[blocks, queries, keys]` (no gradient), 0 or a large negative logit
+      per pair (the masks of a local span), for sequence n the entry n % blocks; or
+      `[0, queries, keys]` for none.
+    offset: None or `[heads]`, the batch norm's per-head offset. It shifts every logit
+      of a row alike, which the softmax ignores: the kernel does not read it and its
+      gradient is zero. It is taken so that the variables it comes from stay
+      differentiable (a zero gradient rather than none).
     All float32.
 
   Returns:
@@ -140,21 +147,24 @@ def attend(query_content, key_content, query_position, query_table, key_position
     times value[n,w,h], and times value_table[i,w].
   """
   ops = load_library()
+  operands = (query, key, query_table, key_table, value, value_table, scales)
 
   @tf.custom_gradient
-  def fused(*operands):
-    content, position, log_normalizer = ops.deeplab_axial_attention_forward(*operands)
+  def fused(*differentiable):
+    content, position, log_normalizer = ops.deeplab_axial_attention_forward(
+        *differentiable[:len(operands)], logit_bias)
 
     def gradient(d_content, d_position):
       d_content = tf.zeros_like(content) if d_content is None else d_content
       d_position = tf.zeros_like(position) if d_position is None else d_position
-      return ops.deeplab_axial_attention_backward(*operands, log_normalizer, d_content,
-                                                  d_position)
+      gradients = ops.deeplab_axial_attention_backward(
+          *differentiable[:len(operands)], logit_bias, log_normalizer, d_content,
+          d_position)
+      return list(gradients) + [tf.zeros_like(x) for x in differentiable[len(operands):]]
 
     return (content, position), gradient
 
-  return fused(query_content, key_content, query_position, query_table, key_position,
-               key_table, value, value_table)
+  return fused(*operands, *([] if offset is None else [offset]))
 
 
 def gram_statistics(query, key, query_table_sum, query_table_gram, key_table_sum,

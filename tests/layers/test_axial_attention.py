@@ -378,10 +378,16 @@ def test_gradient_flows_to_every_weight():
   layer = PositionSensitiveAxialAttention(8, "height", num_heads=2, span=3)
   with tf.GradientTape() as tape:
     loss = tf.reduce_sum(tf.square(layer(x, training=True)))
-  gradients = tape.gradient(loss, layer.trainable_variables)
+  gradients = [tf.convert_to_tensor(g).numpy()
+               for g in tape.gradient(loss, layer.trainable_variables)]
+  largest = max(np.max(np.abs(g)) for g in gradients)
   for variable, gradient in zip(layer.trainable_variables, gradients):
-    assert gradient is not None, variable.name
-    assert np.any(tf.convert_to_tensor(gradient).numpy() != 0), variable.name
+    if variable is layer.similarity_batch_norm.beta:
+      # beta shifts every logit of a head alike, which the softmax ignores: a gradient
+      # exists (the variable stays in the graph) and is zero up to rounding.
+      assert np.max(np.abs(gradient)) <= 1e-5 * largest, variable.name
+    else:
+      assert np.any(gradient != 0), variable.name
 
 
 @pytest.mark.parametrize("span", [None, 3])

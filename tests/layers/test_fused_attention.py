@@ -16,20 +16,29 @@ _HAS_COMPILER = shutil.which(os.environ.get("CXX", "g++")) is not None
 needs_kernel = pytest.mark.skipif(not _HAS_COMPILER,
                                   reason="no C++ compiler: the TF-op path runs instead")
 
-# sequences, queries, keys, heads, depths of (qc/kc, qp/rq, kp/rk, v/rv)
-_SIZES = dict(n=3, i=5, w=7, h=2, dc=3, dp=4, dr=2, dv=3)
+# sequences, queries, keys, heads, query/key and value depths, bias blocks
+_SIZES = dict(n=4, i=5, w=7, h=2, dq=3, dv=3, blocks=2)
+_MASKED = -1e9
 
 
-def _operands(rng, n, i, w, h, dc, dp, dr, dv):
-  shapes = [(n, i, h, dc), (n, w, h, dc), (n, i, h, dp), (i, w, dp), (n, w, h, dr),
-            (i, w, dr), (n, w, h, dv), (i, w, dv)]
-  return [rng.normal(size=shape) for shape in shapes]
+def _operands(rng, n, i, w, h, dq, dv, blocks):
+  """q, k, rq, rk, v, rv, scales and a bias of random values and masked pairs."""
+  shapes = [(n, i, h, dq), (n, w, h, dq), (i, w, dq), (i, w, dq), (n, w, h, dv),
+            (i, w, dv), (3, h)]
+  operands = [rng.normal(size=shape) for shape in shapes]
+  bias = rng.normal(size=(blocks, i, w))
+  bias[rng.random(size=bias.shape) < 0.3] = _MASKED
+  bias[:, :, 0] = 0.0  # every query keeps a key
+  return operands + [bias]
 
 
-def _reference(qc, kc, qp, rq, kp, rk, v, rv):
+def _reference(q, k, rq, rk, v, rv, scales, bias):
   """The kernel's maths in float64 NumPy: (content, position, log-normalizer)."""
-  logits = (np.einsum("nihd,nwhd->nhiw", qc, kc) + np.einsum("nihd,iwd->nhiw", qp, rq)
-            + np.einsum("nwhd,iwd->nhiw", kp, rk))
+  logits = (scales[0][:, None, None] * np.einsum("nihd,nwhd->nhiw", q, k)
+            + scales[1][:, None, None] * np.einsum("nihd,iwd->nhiw", q, rq)
+            + scales[2][:, None, None] * np.einsum("nwhd,iwd->nhiw", k, rk))
+  if len(bias):
+    logits = logits + bias[np.arange(len(q)) % len(bias)][:, None]
   shifted = logits - logits.max(-1, keepdims=True)
   normalizer = np.log(np.exp(shifted).sum(-1)) + logits.max(-1)
   weights = np.exp(logits - normalizer[..., None])
@@ -58,8 +67,8 @@ def test_kernel_builds_on_this_machine():
 
 
 @needs_kernel
-@pytest.mark.parametrize("sizes", [_SIZES, dict(_SIZES, i=17, w=33, h=1),
-                                   dict(_SIZES, n=1, i=1, w=1)])
+@pytest.mark.parametrize("sizes", [_SIZES, dict(_SIZES, i=17, w=33, h=1, blocks=0),
+                                   dict(_SIZES, n=1, i=1, w=1, blocks=1)])
 def test_kernel_matches_numpy_forward(sizes):
   operands = _operands(np.random.default_rng(0), **sizes)
   ops = fused_attention.load_library()
@@ -74,7 +83,7 @@ def test_kernel_matches_numpy_forward(sizes):
 def test_kernel_backward_matches_numeric_gradient_of_numpy_reference():
   rng = np.random.default_rng(1)
   operands = _operands(rng, **_SIZES)
-  upstream = [rng.normal(size=(3, 5, 2, 3)) for _ in range(2)]
+  upstream = [rng.normal(size=(4, 5, 2, 3)) for _ in range(2)]
 
   def loss(values):
     content, position, _ = _reference(*values)
@@ -85,16 +94,20 @@ def test_kernel_backward_matches_numeric_gradient_of_numpy_reference():
   _, _, normalizer = ops.deeplab_axial_attention_forward(*as_float32)
   gradients = ops.deeplab_axial_attention_backward(
       *as_float32, normalizer, *[tf.constant(u, tf.float32) for u in upstream])
+  assert len(gradients) == len(operands) - 1  # every operand but the bias
   for index, gradient in enumerate(gradients):
     np.testing.assert_allclose(gradient.numpy(), _numeric_gradient(loss, operands, index),
                                rtol=1e-3, atol=1e-4, err_msg=f"operand {index}")
 
 
 @needs_kernel
-def test_kernel_rejects_disagreeing_shapes():
+@pytest.mark.parametrize("index,change", [(2, lambda t: t[:, :-1]),   # rq: a key short
+                                          (6, lambda t: t[:, :1]),    # scales: one head
+                                          (7, lambda t: tf.concat([t, t[:1]], 0))])  # 3 blocks
+def test_kernel_rejects_disagreeing_shapes(index, change):
   operands = [tf.constant(x, tf.float32)
               for x in _operands(np.random.default_rng(2), **_SIZES)]
-  operands[3] = operands[3][:, :-1]  # query table with one key too few
+  operands[index] = change(operands[index])
   with pytest.raises(tf.errors.InvalidArgumentError, match="operand shapes disagree"):
     fused_attention.load_library().deeplab_axial_attention_forward(*operands)
 

@@ -1,7 +1,8 @@
 // Fused position-sensitive axial attention for the CPU (forward and backward).
 //
 // One kernel computes, for every sequence n, head h and query i,
-//   logits[w] = qc[n,i,h] . kc[n,w,h] + qp[n,i,h] . rq[i,w] + kp[n,w,h] . rk[i,w]
+//   logits[w] = sc[h] q[n,i,h] . k[n,w,h] + sq[h] q[n,i,h] . rq[i,w]
+//               + sk[h] k[n,w,h] . rk[i,w] + bias[n % B, i, w]
 //   p = softmax_w(logits)
 //   content[n,i,h]  = sum_w p[w] v[n,w,h]
 //   position[n,i,h] = sum_w p[w] rv[i,w]
@@ -12,10 +13,14 @@
 // log-normalizer per (n, h, i); the backward recomputes the weights from it (the logits
 // cost a few multiply-adds each).
 //
-// Layouts (float32, row-major): qc [N, I, H, Dc], kc [N, W, H, Dc], qp [N, I, H, Dp],
-// rq [I, W, Dp], kp [N, W, H, Dr], rk [I, W, Dr], v [N, W, H, Dv], rv [I, W, Dv].
-// Masks and the batch-norm offset arrive as extra depth channels of these operands
-// (see deeplab_axial/layers/axial_attention.py), so the kernel knows nothing of them.
+// (sc, sq, sk) = scales[0..2] are the similarity batch norm's per-(term, head) scales
+// (its per-head offset shifts every logit of a row alike, which the softmax ignores), and
+// bias holds 0 or a large negative logit per (block, query, key) for the masked pairs of
+// a local span, block = n % B (B = 0: no bias). Scaling and masking inside the kernel
+// keeps the scaled copies of q and k, and their gradients, out of the step's memory.
+//
+// Layouts (float32, row-major): q [N, I, H, Dq], k [N, W, H, Dq], rq [I, W, Dq],
+// rk [I, W, Dq], v [N, W, H, Dv], rv [I, W, Dv], scales [3, H], bias [B, I, W].
 
 #include <algorithm>
 #include <cmath>
@@ -40,57 +45,54 @@ using ::tensorflow::errors::InvalidArgument;
 using ::tensorflow::shape_inference::InferenceContext;
 using ::tensorflow::shape_inference::ShapeHandle;
 
+enum Operand { kQuery, kKey, kQueryTable, kKeyTable, kValue, kValueTable, kScales, kBias };
+constexpr int kNumOperands = 8;
+
 struct Sizes {
-  int64 n, i, w, h, dc, dp, dr, dv;
-  int64 ip;  // i padded to a multiple of kLanes
-  int64 wp;  // w padded to a multiple of kLanes
+  int64 n, i, w, h, dq, dv;
+  int64 blocks;  // B of the bias, 0 without one
+  int64 ip;      // i padded to a multiple of kLanes
+  int64 wp;      // w padded to a multiple of kLanes
 };
 
 // Reads the operand shapes and checks that they agree.
 bool ReadSizes(OpKernelContext* context, Sizes* s) {
-  const Tensor& qc = context->input(0);
-  const Tensor& kc = context->input(1);
-  const Tensor& qp = context->input(2);
-  const Tensor& rq = context->input(3);
-  const Tensor& kp = context->input(4);
-  const Tensor& rk = context->input(5);
-  const Tensor& v = context->input(6);
-  const Tensor& rv = context->input(7);
-  for (const Tensor* t : {&qc, &kc, &qp, &kp, &v}) {
-    if (t->dims() != 4) {
-      context->CtxFailure(InvalidArgument("axial attention: expected a 4-D operand, got ",
-                                          t->shape().DebugString()));
-      return false;
-    }
-  }
-  for (const Tensor* t : {&rq, &rk, &rv}) {
-    if (t->dims() != 3) {
-      context->CtxFailure(InvalidArgument("axial attention: expected a 3-D table, got ",
-                                          t->shape().DebugString()));
-      return false;
-    }
-  }
-  *s = {qc.dim_size(0), qc.dim_size(1), kc.dim_size(1), qc.dim_size(2),
-        qc.dim_size(3), qp.dim_size(3), kp.dim_size(3), v.dim_size(3),
-        PadToLanes(qc.dim_size(1)), PadToLanes(kc.dim_size(1))};
-  const bool agree =
-      kc.dim_size(0) == s->n && kc.dim_size(2) == s->h && kc.dim_size(3) == s->dc &&
-      qp.dim_size(0) == s->n && qp.dim_size(1) == s->i && qp.dim_size(2) == s->h &&
-      kp.dim_size(0) == s->n && kp.dim_size(1) == s->w && kp.dim_size(2) == s->h &&
-      v.dim_size(0) == s->n && v.dim_size(1) == s->w && v.dim_size(2) == s->h &&
-      rq.dim_size(0) == s->i && rq.dim_size(1) == s->w && rq.dim_size(2) == s->dp &&
-      rk.dim_size(0) == s->i && rk.dim_size(1) == s->w && rk.dim_size(2) == s->dr &&
-      rv.dim_size(0) == s->i && rv.dim_size(1) == s->w && rv.dim_size(2) == s->dv;
-  if (!agree) {
+  const Tensor& q = context->input(kQuery);
+  const Tensor& k = context->input(kKey);
+  const Tensor& rq = context->input(kQueryTable);
+  const Tensor& rk = context->input(kKeyTable);
+  const Tensor& v = context->input(kValue);
+  const Tensor& rv = context->input(kValueTable);
+  const Tensor& scales = context->input(kScales);
+  const Tensor& bias = context->input(kBias);
+  const bool ranks = q.dims() == 4 && k.dims() == 4 && v.dims() == 4 && rq.dims() == 3 &&
+                     rk.dims() == 3 && rv.dims() == 3 && scales.dims() == 2 &&
+                     bias.dims() == 3;
+  const auto disagree = [&]() {
     context->CtxFailure(InvalidArgument(
-        "axial attention: operand shapes disagree: qc ", qc.shape().DebugString(), " kc ",
-        kc.shape().DebugString(), " qp ", qp.shape().DebugString(), " rq ",
-        rq.shape().DebugString(), " kp ", kp.shape().DebugString(), " rk ",
+        "axial attention: operand shapes disagree (expected q [N, I, H, Dq], k [N, W, H, "
+        "Dq], rq/rk [I, W, Dq], v [N, W, H, Dv], rv [I, W, Dv], scales [3, H], bias [B, "
+        "I, W] with B = 0 or N % B = 0): q ", q.shape().DebugString(), " k ",
+        k.shape().DebugString(), " rq ", rq.shape().DebugString(), " rk ",
         rk.shape().DebugString(), " v ", v.shape().DebugString(), " rv ",
-        rv.shape().DebugString()));
+        rv.shape().DebugString(), " scales ", scales.shape().DebugString(), " bias ",
+        bias.shape().DebugString()));
     return false;
-  }
-  return true;
+  };
+  if (!ranks) return disagree();
+  *s = {q.dim_size(0), q.dim_size(1), k.dim_size(1), q.dim_size(2), q.dim_size(3),
+        v.dim_size(3), bias.dim_size(0), PadToLanes(q.dim_size(1)),
+        PadToLanes(k.dim_size(1))};
+  const bool agree =
+      k.dim_size(0) == s->n && k.dim_size(2) == s->h && k.dim_size(3) == s->dq &&
+      v.dim_size(0) == s->n && v.dim_size(1) == s->w && v.dim_size(2) == s->h &&
+      rq.dim_size(0) == s->i && rq.dim_size(1) == s->w && rq.dim_size(2) == s->dq &&
+      rk.dim_size(0) == s->i && rk.dim_size(1) == s->w && rk.dim_size(2) == s->dq &&
+      rv.dim_size(0) == s->i && rv.dim_size(1) == s->w && rv.dim_size(2) == s->dv &&
+      scales.dim_size(0) == 3 && scales.dim_size(1) == s->h &&
+      (s->blocks == 0 || (s->n % s->blocks == 0 && bias.dim_size(1) == s->i &&
+                          bias.dim_size(2) == s->w));
+  return agree || disagree();
 }
 
 // Every per-(sequence, head) loop below runs over the queries i innermost, on rows of
@@ -117,13 +119,35 @@ Buffer QueriesLast(const float* table, int64 queries, int64 stride, int64 keys,
   return out;
 }
 
-// The tables, queries last ([W, D, I]); shared by every (sequence, head).
+// bias [B, I, W] -> [max(B, 1), W, ip] (queries last; all zero without a bias). The
+// padded queries get no bias: their logits must stay finite (they are exponentiated,
+// then multiplied by zero).
+Buffer BiasQueriesLast(const Tensor& bias, const Sizes& s) {
+  Buffer out(std::max<int64>(s.blocks, 1) * s.w * s.ip, 0.0f);
+  const float* in = bias.flat<float>().data();
+  for (int64 j = 0; j < s.blocks; ++j)
+    for (int64 i = 0; i < s.i; ++i)
+      for (int64 w = 0; w < s.w; ++w)
+        out[(j * s.w + w) * s.ip + i] = in[(j * s.i + i) * s.w + w];
+  return out;
+}
+
+// What every (sequence, head) shares: the tables ([W, D, ip]) and the bias.
 struct Tables {
-  Buffer rq, rk, rv;
+  Buffer rq, rk, rv, bias;
   Tables(OpKernelContext* context, const Sizes& s)
-      : rq(QueriesLast(context->input(3).flat<float>().data(), s.i, s.ip, s.w, s.dp)),
-        rk(QueriesLast(context->input(5).flat<float>().data(), s.i, s.ip, s.w, s.dr)),
-        rv(QueriesLast(context->input(7).flat<float>().data(), s.i, s.ip, s.w, s.dv)) {}
+      : rq(QueriesLast(context->input(kQueryTable).flat<float>().data(), s.i, s.ip, s.w,
+                       s.dq)),
+        rk(QueriesLast(context->input(kKeyTable).flat<float>().data(), s.i, s.ip, s.w,
+                       s.dq)),
+        rv(QueriesLast(context->input(kValueTable).flat<float>().data(), s.i, s.ip, s.w,
+                       s.dv)),
+        bias(BiasQueriesLast(context->input(kBias), s)) {}
+
+  // The bias rows [W, ip] of sequence n.
+  const float* BiasOf(const Sizes& s, int64 n) const {
+    return bias.data() + (s.blocks == 0 ? 0 : n % s.blocks) * s.w * s.ip;
+  }
 };
 
 // table [I, W, D] -> [I, D, wp] (keys last, zero-padded).
@@ -136,40 +160,57 @@ Buffer KeysLast(const float* table, const Sizes& s, int64 depth) {
   return out;
 }
 
+// Sum of a[t] * b[t] over t < count.
+float Dot(const float* a, const float* b, int64 count) {
+  float sum = 0.0f;
+  for (int64 t = 0; t < count; ++t) sum += a[t] * b[t];
+  return sum;
+}
+
 // The operands of one (sequence, head) and its logits [W, I].
 struct Head {
   const Sizes& s;
-  Buffer qc, qp;     // [D, I]
-  Buffer kc, kp, v;  // [W, D]
+  float content_scale = 0.0f, query_scale = 0.0f, key_scale = 0.0f;
+  Buffer q, qc, qp;  // [Dq, I]: q, and q times the content and query-position scales
+  Buffer k, kp, v;   // [W, D]: k, k times the key-position scale, v
   Buffer logits;     // [W, I]
   explicit Head(const Sizes& sizes)
-      : s(sizes), qc(s.dc * s.ip), qp(s.dp * s.ip), kc(s.w * s.dc), kp(s.w * s.dr),
-        v(s.w * s.dv), logits(s.w * s.ip) {}
+      : s(sizes), q(s.dq * s.ip), qc(s.dq * s.ip), qp(s.dq * s.ip), k(s.w * s.dq),
+        kp(s.w * s.dq), v(s.w * s.dv), logits(s.w * s.ip) {}
 
   void Gather(OpKernelContext* context, int64 n, int64 h) {
-    GatherPositionsLast(context->input(0).flat<float>().data(), n, h, s.i, s.ip, s.h, s.dc,
-                        qc.data());
-    GatherPositionsLast(context->input(2).flat<float>().data(), n, h, s.i, s.ip, s.h, s.dp,
-                        qp.data());
-    GatherDepthLast(context->input(1).flat<float>().data(), n, h, s.w, s.h, s.dc, kc.data());
-    GatherDepthLast(context->input(4).flat<float>().data(), n, h, s.w, s.h, s.dr, kp.data());
-    GatherDepthLast(context->input(6).flat<float>().data(), n, h, s.w, s.h, s.dv, v.data());
+    const float* scales = context->input(kScales).flat<float>().data();
+    content_scale = scales[h];
+    query_scale = scales[s.h + h];
+    key_scale = scales[2 * s.h + h];
+    GatherPositionsLast(context->input(kQuery).flat<float>().data(), n, h, s.i, s.ip, s.h,
+                        s.dq, q.data());
+    for (int64 index = 0; index < s.dq * s.ip; ++index) {
+      qc[index] = content_scale * q[index];
+      qp[index] = query_scale * q[index];
+    }
+    GatherDepthLast(context->input(kKey).flat<float>().data(), n, h, s.w, s.h, s.dq,
+                    k.data());
+    for (int64 index = 0; index < s.w * s.dq; ++index) kp[index] = key_scale * k[index];
+    GatherDepthLast(context->input(kValue).flat<float>().data(), n, h, s.w, s.h, s.dv,
+                    v.data());
   }
 
-  // logits[w, i] = qc[:, i] . kc[w] + qp[:, i] . rq[w, :, i] + kp[w] . rk[w, :, i].
-  void ComputeLogits(const Tables& tables) {
+  // logits[w, i] = qc[:, i] . k[w] + qp[:, i] . rq[w, :, i] + kp[w] . rk[w, :, i]
+  // + bias[w, i].
+  void ComputeLogits(const Tables& tables, const float* bias) {
     const int64 I = s.ip;
     for (int64 w = 0; w < s.w; ++w) {
-      const float* rq = tables.rq.data() + w * s.dp * I;
-      const float* rk = tables.rk.data() + w * s.dr * I;
+      const float* rq = tables.rq.data() + w * s.dq * I;
+      const float* rk = tables.rk.data() + w * s.dq * I;
       for (int64 i = 0; i < I; i += kLanes) {
         const Vec sum =
-            SumOf(s.dc, [&](int64 d) { return kc[w * s.dc + d] * LoadLanes(&qc[d * I + i]); }) +
-            SumOf(s.dp, [&](int64 d) {
+            SumOf(s.dq, [&](int64 d) { return k[w * s.dq + d] * LoadLanes(&qc[d * I + i]); }) +
+            SumOf(s.dq, [&](int64 d) {
               return LoadLanes(&qp[d * I + i]) * LoadLanes(rq + d * I + i);
             }) +
-            SumOf(s.dr, [&](int64 d) { return kp[w * s.dr + d] * LoadLanes(rk + d * I + i); });
-        StoreLanes(&logits[w * I + i], sum);
+            SumOf(s.dq, [&](int64 d) { return kp[w * s.dq + d] * LoadLanes(rk + d * I + i); });
+        StoreLanes(&logits[w * I + i], sum + LoadLanes(bias + w * I + i));
       }
     }
   }
@@ -187,7 +228,7 @@ struct Head {
 
 // Cycles (roughly) of one (sequence, head): per logit, the contractions and an exp.
 int64 HeadCost(const Sizes& s) {
-  return s.ip * s.w * (s.dc + s.dp + s.dr + 2 * s.dv + 20) / kLanes * 4;
+  return s.ip * s.w * (3 * s.dq + 2 * s.dv + 21) / kLanes * 4;
 }
 
 class ForwardOp : public OpKernel {
@@ -222,7 +263,7 @@ class ForwardOp : public OpKernel {
       for (int64 nh = first; nh < last; ++nh) {
         const int64 n = nh / s.h, h = nh % s.h;
         head.Gather(context, n, h);
-        head.ComputeLogits(tables);
+        head.ComputeLogits(tables, tables.BiasOf(s, n));
         const float* logits = head.logits.data();
         for (int64 i = 0; i < I; i += kLanes) {
           Vec largest = LoadLanes(logits + i);
@@ -261,6 +302,8 @@ class ForwardOp : public OpKernel {
   }
 };
 
+constexpr int kNumGradients = 7;  // of the operands before the bias
+
 class BackwardOp : public OpKernel {
  public:
   explicit BackwardOp(OpKernelConstruction* context) : OpKernel(context) {}
@@ -268,8 +311,8 @@ class BackwardOp : public OpKernel {
   void Compute(OpKernelContext* context) override {
     Sizes s;
     if (!ReadSizes(context, &s)) return;
-    Tensor* grads[8];
-    for (int index = 0; index < 8; ++index) {
+    Tensor* grads[kNumGradients];
+    for (int index = 0; index < kNumGradients; ++index) {
       OP_REQUIRES_OK(context, context->allocate_output(index, context->input(index).shape(),
                                                        &grads[index]));
     }
@@ -281,43 +324,43 @@ class BackwardOp : public OpKernel {
       return;
     }
     // Otherwise every element of every gradient is written below (per sequence and head,
-    // and the tables at the end), so the outputs are not zero-filled first.
+    // and the tables and scales at the end), so the outputs are not zero-filled first.
     const Tables tables(context, s);
     const Buffer rk_keys_last =
-        KeysLast(context->input(5).flat<float>().data(), s, s.dr);
-    const float* log_normalizer = context->input(8).flat<float>().data();
-    const float* d_content = context->input(9).flat<float>().data();
-    const float* d_position = context->input(10).flat<float>().data();
-    float* d_qc = grads[0]->flat<float>().data();
-    float* d_kc = grads[1]->flat<float>().data();
-    float* d_qp = grads[2]->flat<float>().data();
-    float* d_kp = grads[4]->flat<float>().data();
-    float* d_v = grads[6]->flat<float>().data();
+        KeysLast(context->input(kKeyTable).flat<float>().data(), s, s.dq);
+    const float* log_normalizer = context->input(kNumOperands).flat<float>().data();
+    const float* d_content = context->input(kNumOperands + 1).flat<float>().data();
+    const float* d_position = context->input(kNumOperands + 2).flat<float>().data();
+    float* d_q_out = grads[kQuery]->flat<float>().data();
+    float* d_k_out = grads[kKey]->flat<float>().data();
+    float* d_v_out = grads[kValue]->flat<float>().data();
     const int64 I = s.ip, W = s.w;
-    // The table gradients sum over every (n, h): one accumulator per part of the
-    // sequences, added in part order.
+    // The table and scale gradients sum over every (n, h): one accumulator per part of
+    // the sequences, added in part order.
     const int64 parts = NumParts(context, s.n);
-    const int64 table_size = W * (s.dp + s.dr + s.dv) * I;
-    Buffer accumulators(parts * table_size, 0.0f);
+    const int64 table_size = W * (2 * s.dq + s.dv) * I;
+    const int64 part_size = table_size + 3 * s.h;
+    Buffer accumulators(parts * part_size, 0.0f);
     ParallelParts(context, s.n, parts, [&](int64 part, int64 first, int64 last) {
-      float* d_rq = accumulators.data() + part * table_size;  // [W, Dp, I]
-      float* d_rk = d_rq + W * s.dp * I;                       // [W, Dr, I]
-      float* d_rv = d_rk + W * s.dr * I;                       // [W, Dv, I]
+      float* d_rq = accumulators.data() + part * part_size;  // [W, Dq, I]
+      float* d_rk = d_rq + W * s.dq * I;                      // [W, Dq, I]
+      float* d_rv = d_rk + W * s.dq * I;                      // [W, Dv, I]
+      float* d_scales = d_rv + W * s.dv * I;                  // [3, H]
       // Every head of a sequence is kept until the table gradients, which sum over the
       // heads in registers: one read-modify-write of the accumulators per sequence
       // instead of per head (those were a third of this kernel's time).
       std::vector<Head> heads(s.h, Head(s));
       Buffer d_logits(s.h * W * I), normalizer(I, 0.0f);
       Buffer d_out(s.h * 2 * s.dv * I);                        // [H, 2 * Dv, I]
-      Buffer d_query(s.dc * I), d_query_position(s.dp * I);
-      Buffer d_key(s.dc * s.wp), d_key_position(s.dr * s.wp),
-          d_value(s.dv * s.wp);  // [D, wp]
+      // Gradients of qc, qp and q [Dq, I]; of k (first of kc), kp and v [D, wp].
+      Buffer d_qc(s.dq * I), d_qp(s.dq * I), d_q(s.dq * I);
+      Buffer d_k(s.dq * s.wp), d_kp(s.dq * s.wp), d_value(s.dv * s.wp);
       Buffer weights_t(s.i * s.wp, 0.0f), d_logits_t(s.i * s.wp, 0.0f);
       for (int64 n = first; n < last; ++n) {
         for (int64 h = 0; h < s.h; ++h) {
           Head& head = heads[h];
           head.Gather(context, n, h);
-          head.ComputeLogits(tables);
+          head.ComputeLogits(tables, tables.BiasOf(s, n));
           std::copy(log_normalizer + (n * s.h + h) * s.i,
                     log_normalizer + (n * s.h + h + 1) * s.i, normalizer.begin());
           head.Exponentiate(normalizer.data());
@@ -345,32 +388,34 @@ class BackwardOp : public OpKernel {
                                                   (LoadLanes(d_l_all + w * I + i) - expected));
             }
             // Query side, element-wise over queries.
-            for (int64 d = 0; d < s.dc; ++d) {
-              StoreLanes(&d_query[d * I + i], SumOf(W, [&](int64 w) {
-                           return head.kc[w * s.dc + d] * LoadLanes(d_l_all + w * I + i);
-                         }));
-            }
-            for (int64 d = 0; d < s.dp; ++d) {
-              StoreLanes(&d_query_position[d * I + i], SumOf(W, [&](int64 w) {
-                           return LoadLanes(d_l_all + w * I + i) *
-                                  LoadLanes(&tables.rq[(w * s.dp + d) * I + i]);
-                         }));
+            for (int64 d = 0; d < s.dq; ++d) {
+              const Vec content = SumOf(W, [&](int64 w) {
+                return head.k[w * s.dq + d] * LoadLanes(d_l_all + w * I + i);
+              });
+              const Vec query_position = SumOf(W, [&](int64 w) {
+                return LoadLanes(d_l_all + w * I + i) *
+                       LoadLanes(&tables.rq[(w * s.dq + d) * I + i]);
+              });
+              StoreLanes(&d_qc[d * I + i], content);
+              StoreLanes(&d_qp[d * I + i], query_position);
+              StoreLanes(&d_q[d * I + i],
+                         head.content_scale * content + head.query_scale * query_position);
             }
           }
           // Key side: sums over queries, with keys on the lanes (transposed weights).
           Transpose(p_all, W, I, s.i, s.wp, weights_t.data());
           Transpose(d_l_all, W, I, s.i, s.wp, d_logits_t.data());
           for (int64 w = 0; w < s.wp; w += kLanes) {
-            for (int64 d = 0; d < s.dc; ++d) {
-              StoreLanes(&d_key[d * s.wp + w], SumOf(s.i, [&](int64 i) {
-                           return head.qc[d * I + i] * LoadLanes(&d_logits_t[i * s.wp + w]);
-                         }));
-            }
-            for (int64 d = 0; d < s.dr; ++d) {
-              StoreLanes(&d_key_position[d * s.wp + w], SumOf(s.i, [&](int64 i) {
-                           return LoadLanes(&rk_keys_last[(i * s.dr + d) * s.wp + w]) *
-                                  LoadLanes(&d_logits_t[i * s.wp + w]);
-                         }));
+            for (int64 d = 0; d < s.dq; ++d) {
+              const Vec content = SumOf(s.i, [&](int64 i) {
+                return head.qc[d * I + i] * LoadLanes(&d_logits_t[i * s.wp + w]);
+              });
+              const Vec key_position = SumOf(s.i, [&](int64 i) {
+                return LoadLanes(&rk_keys_last[(i * s.dq + d) * s.wp + w]) *
+                       LoadLanes(&d_logits_t[i * s.wp + w]);
+              });
+              StoreLanes(&d_kp[d * s.wp + w], key_position);
+              StoreLanes(&d_k[d * s.wp + w], content + head.key_scale * key_position);
             }
             for (int64 d = 0; d < s.dv; ++d) {
               StoreLanes(&d_value[d * s.wp + w], SumOf(s.i, [&](int64 i) {
@@ -378,11 +423,17 @@ class BackwardOp : public OpKernel {
                          }));
             }
           }
-          ScatterPositionsLast(d_query.data(), n, h, s.i, I, s.h, s.dc, d_qc);
-          ScatterPositionsLast(d_query_position.data(), n, h, s.i, I, s.h, s.dp, d_qp);
-          ScatterPositionsLast(d_key.data(), n, h, W, s.wp, s.h, s.dc, d_kc);
-          ScatterPositionsLast(d_key_position.data(), n, h, W, s.wp, s.h, s.dr, d_kp);
-          ScatterPositionsLast(d_value.data(), n, h, W, s.wp, s.h, s.dv, d_v);
+          // The scales' gradients: each scale multiplies q (or k) in its term.
+          d_scales[h] += Dot(head.q.data(), d_qc.data(), s.dq * I);
+          d_scales[s.h + h] += Dot(head.q.data(), d_qp.data(), s.dq * I);
+          float key_scale_gradient = 0.0f;
+          for (int64 d = 0; d < s.dq; ++d)
+            for (int64 w = 0; w < W; ++w)
+              key_scale_gradient += head.k[w * s.dq + d] * d_kp[d * s.wp + w];
+          d_scales[2 * s.h + h] += key_scale_gradient;
+          ScatterPositionsLast(d_q.data(), n, h, s.i, I, s.h, s.dq, d_q_out);
+          ScatterPositionsLast(d_k.data(), n, h, W, s.wp, s.h, s.dq, d_k_out);
+          ScatterPositionsLast(d_value.data(), n, h, W, s.wp, s.h, s.dv, d_v_out);
         }
         // The tables' gradients of this sequence, summed over its heads:
         // d_rv[w, d] += sum_h p d_position[d], d_rq[w, d] += sum_h d_logits qp[d],
@@ -395,15 +446,13 @@ class BackwardOp : public OpKernel {
                                 LoadLanes(&d_out[(h * 2 * s.dv + s.dv + d) * I + i]);
                        }));
             }
-            for (int64 d = 0; d < s.dp; ++d) {
-              AddLanes(d_rq + (w * s.dp + d) * I + i, SumOf(s.h, [&](int64 h) {
+            for (int64 d = 0; d < s.dq; ++d) {
+              AddLanes(d_rq + (w * s.dq + d) * I + i, SumOf(s.h, [&](int64 h) {
                          return LoadLanes(&d_logits[(h * W + w) * I + i]) *
                                 LoadLanes(&heads[h].qp[d * I + i]);
                        }));
-            }
-            for (int64 d = 0; d < s.dr; ++d) {
-              AddLanes(d_rk + (w * s.dr + d) * I + i, SumOf(s.h, [&](int64 h) {
-                         return heads[h].kp[w * s.dr + d] *
+              AddLanes(d_rk + (w * s.dq + d) * I + i, SumOf(s.h, [&](int64 h) {
+                         return heads[h].kp[w * s.dq + d] *
                                 LoadLanes(&d_logits[(h * W + w) * I + i]);
                        }));
             }
@@ -411,13 +460,14 @@ class BackwardOp : public OpKernel {
         }
       }
     });
-    // Sum the parts' table gradients and put them back in [I, W, D] order.
+    // Sum the parts' table and scale gradients; put the tables back in [I, W, D] order.
     for (int64 part = 1; part < parts; ++part) {
-      const float* source = accumulators.data() + part * table_size;
-      for (int64 index = 0; index < table_size; ++index) accumulators[index] += source[index];
+      const float* source = accumulators.data() + part * part_size;
+      for (int64 index = 0; index < part_size; ++index) accumulators[index] += source[index];
     }
     const float* sums = accumulators.data();
-    const std::pair<int, int64> table_outputs[] = {{3, s.dp}, {5, s.dr}, {7, s.dv}};
+    const std::pair<int, int64> table_outputs[] = {
+        {kQueryTable, s.dq}, {kKeyTable, s.dq}, {kValueTable, s.dv}};
     for (const auto& [index, depth] : table_outputs) {
       float* out = grads[index]->flat<float>().data();
       for (int64 w = 0; w < W; ++w)
@@ -426,22 +476,23 @@ class BackwardOp : public OpKernel {
             out[(i * W + w) * depth + d] = sums[(w * depth + d) * I + i];
       sums += W * depth * I;
     }
+    std::copy(sums, sums + 3 * s.h, grads[kScales]->flat<float>().data());
   }
 };
 
 using ::tensorflow::InitOnStartupMarker;
 using ::tensorflow::register_op::OpDefBuilderWrapper;
 
-// The eight operands, in the order of the module comment (both ops start with them).
+// The operands, in the order of the module comment (both ops start with them).
 OpDefBuilderWrapper& WithOperands(OpDefBuilderWrapper&& builder) {
-  return builder.Input("query_content: float")
-      .Input("key_content: float")
-      .Input("query_position: float")
+  return builder.Input("query: float")
+      .Input("key: float")
       .Input("query_table: float")
-      .Input("key_position: float")
       .Input("key_table: float")
       .Input("value: float")
-      .Input("value_table: float");
+      .Input("value_table: float")
+      .Input("scales: float")
+      .Input("logit_bias: float");
 }
 
 // As REGISTER_OP, whose builder chain cannot start with a function call.
@@ -452,8 +503,8 @@ const InitOnStartupMarker forward_registration =
     .Output("log_normalizer: float")
     .SetShapeFn([](InferenceContext* c) {
       ShapeHandle query, value, out;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &query));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(6), 4, &value));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(kQuery), 4, &query));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(kValue), 4, &value));
       TF_RETURN_IF_ERROR(c->ReplaceDim(query, 3, c->Dim(value, 3), &out));
       c->set_output(0, out);
       c->set_output(1, out);
@@ -466,16 +517,15 @@ const InitOnStartupMarker backward_registration =
     .Input("log_normalizer: float")
     .Input("d_content: float")
     .Input("d_position: float")
-    .Output("d_query_content: float")
-    .Output("d_key_content: float")
-    .Output("d_query_position: float")
+    .Output("d_query: float")
+    .Output("d_key: float")
     .Output("d_query_table: float")
-    .Output("d_key_position: float")
     .Output("d_key_table: float")
     .Output("d_value: float")
     .Output("d_value_table: float")
+    .Output("d_scales: float")
     .SetShapeFn([](InferenceContext* c) {
-      for (int index = 0; index < 8; ++index) c->set_output(index, c->input(index));
+      for (int index = 0; index < kNumGradients; ++index) c->set_output(index, c->input(index));
       return ::tensorflow::OkStatus();
     });
 
