@@ -162,7 +162,12 @@ def test_xla_step_gives_the_same_losses_as_the_plain_step(shapes_records, experi
   assert not compiled[False] and compiled[True], compiled
   assert len(losses[True]) == steps
   # Same seed, data and weights: only float32 rounding differs (XLA fuses ops and reorders
-  # reductions). Measured: 1e-7 relative over 3 steps; 1e-5 allows 100x that, while the
-  # loss itself changes by >10% from step to step.
-  np.testing.assert_allclose(losses[True], losses[False], rtol=1e-5)
+  # reductions). The first loss (the forward pass) and the second (after one update)
+  # agreed to 1e-7 relative on every machine measured; 1e-5 allows 100x that, while the
+  # loss itself changes by >10% from step to step. By the third the rounding has been
+  # through two RAdam updates, which divide each gradient by its own running magnitude,
+  # so weights whose true gradient is ~0 take full-size steps in directions set by
+  # rounding: measured 1e-7 on an AVX-512 machine but 0.35% on an AVX2 one.
+  np.testing.assert_allclose(losses[True][:2], losses[False][:2], rtol=1e-5)
+  np.testing.assert_allclose(losses[True], losses[False], rtol=2e-2)
   assert np.ptp(losses[False]) > 0.1 * losses[False][0]
