@@ -105,8 +105,8 @@ bool ReadSizes(OpKernelContext* context, Sizes* s) {
 // Eigen's exp runs on whole aligned packets. (On an unaligned row Eigen exponentiates
 // the first few entries with its scalar exp, which rounds differently: results then
 // changed with the buffers' addresses from run to run.)
-using ArrayMap = Eigen::Map<Eigen::ArrayXf, Eigen::Aligned64>;
-using ConstArrayMap = Eigen::Map<const Eigen::ArrayXf, Eigen::Aligned64>;
+using ArrayMap = Eigen::Map<Eigen::ArrayXf, kRowAlignment>;
+using ConstArrayMap = Eigen::Map<const Eigen::ArrayXf, kRowAlignment>;
 
 // table [I, W, D] -> [W, D, stride] (queries last, zero-padded to `stride`).
 Buffer QueriesLast(const float* table, int64 queries, int64 stride, int64 keys,

@@ -17,12 +17,25 @@ namespace deeplab_axial {
 using int64 = int64_t;
 
 // Rows of queries (and, for the key-side gradients, of keys) are processed kLanes at a
-// time as one vector (GCC/Clang vector extension: one AVX-512 register, or two AVX2 /
-// four SSE registers). Rows are zero-padded to a multiple of kLanes, so there is no
-// scalar tail, and sums over depth or keys stay in a register: plain loops stored the
-// partial sum after every depth channel (measured: stores were most of the time) and a
-// scalar tail per loop doubled the time at 28 queries.
+// time as one vector (GCC/Clang vector extension): one register of the widest vector
+// unit the kernels are built for (-march=native). Rows are zero-padded to a multiple of
+// kLanes, so there is no scalar tail, and sums over depth or keys stay in a register:
+// plain loops stored the partial sum after every depth channel (measured: stores were
+// most of the time) and a scalar tail per loop doubled the time at 28 queries. A vector
+// wider than the machine's registers is passed and returned through memory wherever a
+// call is not inlined: 16 lanes on an AVX2 CPU made the kernels ~3x slower (measured).
+#if defined(__AVX512F__)
 constexpr int64 kLanes = 16;
+#elif defined(__AVX__)
+constexpr int64 kLanes = 8;
+#else
+constexpr int64 kLanes = 4;
+#endif
+// Rows start on a multiple of this many bytes (whole aligned vectors, and packets for
+// Eigen's exp).
+constexpr int kRowAlignment = kLanes * sizeof(float) >= 64   ? Eigen::Aligned64
+                              : kLanes * sizeof(float) >= 32 ? Eigen::Aligned32
+                                                             : Eigen::Aligned16;
 typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
 
 inline Vec LoadLanes(const float* x) {
