@@ -13,7 +13,7 @@ under every precision policy.
 The kernels are compiled with the system C++ compiler (`$CXX`, default `g++`) against the
 installed TensorFlow's headers, once per (source, TensorFlow version, CPU), into
 `$DEEPLAB_AXIAL_KERNEL_CACHE` (default `~/.cache/deeplab_axial/kernels`); this takes
-about 20 s. Without a compiler, or when the build fails, a warning names the reason
+20-40 s. Without a compiler, or when the build fails, a warning names the reason
 and the TF-op path runs (same results up to float rounding). Set
 `DEEPLAB_AXIAL_FUSED_KERNEL=0` to always use the TF-op path.
 
