@@ -119,19 +119,6 @@ Buffer QueriesLast(const float* table, int64 queries, int64 stride, int64 keys,
   return out;
 }
 
-// bias [B, I, W] -> [max(B, 1), W, ip] (queries last; all zero without a bias). The
-// padded queries get no bias: their logits must stay finite (they are exponentiated,
-// then multiplied by zero).
-Buffer BiasQueriesLast(const Tensor& bias, const Sizes& s) {
-  Buffer out(std::max<int64>(s.blocks, 1) * s.w * s.ip, 0.0f);
-  const float* in = bias.flat<float>().data();
-  for (int64 j = 0; j < s.blocks; ++j)
-    for (int64 i = 0; i < s.i; ++i)
-      for (int64 w = 0; w < s.w; ++w)
-        out[(j * s.w + w) * s.ip + i] = in[(j * s.i + i) * s.w + w];
-  return out;
-}
-
 // What every (sequence, head) shares: the tables ([W, D, ip]) and the bias.
 struct Tables {
   Buffer rq, rk, rv, bias;
@@ -142,7 +129,10 @@ struct Tables {
                        s.dq)),
         rv(QueriesLast(context->input(kValueTable).flat<float>().data(), s.i, s.ip, s.w,
                        s.dv)),
-        bias(BiasQueriesLast(context->input(kBias), s)) {}
+        // The padded queries get no bias: their logits must stay finite (they are
+        // exponentiated, then multiplied by zero).
+        bias(BlocksQueriesLast(context->input(kBias).flat<float>().data(), s.blocks, s.i,
+                               s.w, s.ip)) {}
 
   // The bias rows [W, ip] of sequence n.
   const float* BiasOf(const Sizes& s, int64 n) const {

@@ -70,6 +70,19 @@ inline Vec SumOf(int64 count, Term term) {
 // Float buffers that start on a 64-byte boundary (whole aligned vectors).
 using Buffer = std::vector<float, Eigen::aligned_allocator<float>>;
 
+// x [blocks, queries, keys] -> [max(blocks, 1), keys, stride] (queries last, zero-padded
+// to `stride`; all zero when there is no block): per-pair masks and biases in the layout
+// of the per-(sequence, head) loops.
+inline Buffer BlocksQueriesLast(const float* x, int64 blocks, int64 queries, int64 keys,
+                                int64 stride) {
+  Buffer out(std::max<int64>(blocks, 1) * keys * stride, 0.0f);
+  for (int64 j = 0; j < blocks; ++j)
+    for (int64 i = 0; i < queries; ++i)
+      for (int64 w = 0; w < keys; ++w)
+        out[(j * keys + w) * stride + i] = x[(j * queries + i) * keys + w];
+  return out;
+}
+
 // x[n, :, h, :] of x [N, P, H, D] -> out [D, stride] (positions last; the padding
 // beyond P is left as it is, zero).
 inline void GatherPositionsLast(const float* x, int64 n, int64 h, int64 positions,

@@ -448,17 +448,6 @@ struct MaskedHead {
   }
 };
 
-// valid [J, I, W] -> [J, W, ip] (queries last, zero-padded: padding lanes count nothing).
-Buffer MaskQueriesLast(const Tensor& valid, const MaskedSizes& z) {
-  Buffer out(z.j * z.w * z.ip, 0.0f);
-  const float* in = valid.flat<float>().data();
-  for (int64 j = 0; j < z.j; ++j)
-    for (int64 i = 0; i < z.i; ++i)
-      for (int64 w = 0; w < z.w; ++w)
-        out[(j * z.w + w) * z.ip + i] = in[(j * z.i + i) * z.w + w];
-  return out;
-}
-
 class MaskedContentStatisticsOp : public OpKernel {
  public:
   explicit MaskedContentStatisticsOp(OpKernelConstruction* context) : OpKernel(context) {}
@@ -469,7 +458,9 @@ class MaskedContentStatisticsOp : public OpKernel {
     Tensor *total_out, *square_out;
     OP_REQUIRES_OK(context, context->allocate_output(0, TensorShape({z.h}), &total_out));
     OP_REQUIRES_OK(context, context->allocate_output(1, TensorShape({z.h}), &square_out));
-    const Buffer mask = MaskQueriesLast(context->input(2), z);
+    // Zero in the padding lanes: they count nothing.
+    const Buffer mask =
+        BlocksQueriesLast(context->input(2).flat<float>().data(), z.j, z.i, z.w, z.ip);
     const int64 sequences = z.s * z.j;
     const int64 parts = NumParts(context, sequences);
     std::vector<double> partial(parts * 2 * z.h, 0.0);
@@ -526,7 +517,9 @@ class MaskedContentStatisticsGradOp : public OpKernel {
     Tensor *d_q_out, *d_k_out;
     OP_REQUIRES_OK(context, context->allocate_output(0, context->input(0).shape(), &d_q_out));
     OP_REQUIRES_OK(context, context->allocate_output(1, context->input(1).shape(), &d_k_out));
-    const Buffer mask = MaskQueriesLast(context->input(2), z);
+    // Zero in the padding lanes: they count nothing.
+    const Buffer mask =
+        BlocksQueriesLast(context->input(2).flat<float>().data(), z.j, z.i, z.w, z.ip);
     const float* d_total = context->input(3).flat<float>().data();
     const float* d_square = context->input(4).flat<float>().data();
     const int64 cost = z.w * z.ip * z.d * 3;
