@@ -19,7 +19,7 @@ run_pytest() {
   return "$rc"
 }
 
-# Builds the CPU kernels once (about 20 s, cached) instead of in each test worker at once.
+# Builds the CPU kernels once (20-40 s, cached) instead of in each test worker at once.
 "$VENV/bin/python" -c "from deeplab_axial.layers import fused_attention; fused_attention.load_library()"
 echo "== fast tests =="
 run_pytest -q -n 2 --dist loadfile --durations=15 -m "not slow and not full_rehearsal" "$@"

@@ -342,7 +342,7 @@ class BackwardOp : public OpKernel {
       std::vector<Head> heads(s.h, Head(s));
       Buffer d_logits(s.h * W * I), normalizer(I, 0.0f);
       Buffer d_out(s.h * 2 * s.dv * I);                        // [H, 2 * Dv, I]
-      // Gradients of qc, qp and q [Dq, I]; of k (first of kc), kp and v [D, wp].
+      // Gradients of qc, qp and q [Dq, I]; of k, kp and v [D, wp].
       Buffer d_qc(s.dq * I), d_qp(s.dq * I), d_q(s.dq * I);
       Buffer d_k(s.dq * s.wp), d_kp(s.dq * s.wp), d_value(s.dv * s.wp);
       Buffer weights_t(s.i * s.wp, 0.0f), d_logits_t(s.i * s.wp, 0.0f);
