@@ -17,6 +17,23 @@ _CPUS = tf.config.list_physical_devices("CPU")
 # before any op initializes the runtime, which is why it lives at conftest import time.
 tf.config.set_logical_device_configuration(
     _CPUS[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+# Grappler's graph rewrites (constant folding, layout, op fusion; same results up to
+# rounding) took ~20 s of the ~90 s that a 2-step train + eval of the demo model costs
+# here, and a test runs each graph a few times. Tests in this process skip them; the
+# documented commands (tests/docs, the CLI tests' subprocesses) keep TF's default.
+tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+
+
+@pytest.fixture
+def default_graph_optimizations():
+  """TF's default Grappler rewrites for this test: it checks what a user sees, e.g. error
+  messages that name tensors as the optimized graph names them. Functions instantiated
+  earlier in the process keep the rewrites they were instantiated with."""
+  tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": False})
+  try:
+    yield
+  finally:
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
 
 
 @pytest.fixture(autouse=True)

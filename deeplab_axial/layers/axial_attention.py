@@ -79,6 +79,7 @@ import tensorflow as tf
 import tf_keras
 
 from deeplab_axial.layers import fused_attention
+from deeplab_axial.layers import graph_code
 from deeplab_axial.layers import recompute
 from deeplab_axial.layers import validation
 
@@ -867,6 +868,7 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
       k = tf.concat([k, key_mask + tf.zeros_like(k[..., :1])], -1)
     return (q_content, k, q_position, r_q, k_position, r_k), late_offset
 
+  @graph_code.graph_call
   def call(self, inputs, training=None):
     if inputs.shape.rank != 4:
       raise ValueError(f"{type(self).__name__} expects a 4-D [batch, height, width, "

@@ -23,6 +23,7 @@ import tensorflow as tf
 import tf_keras
 
 from deeplab_axial.layers import axial_attention
+from deeplab_axial.layers import graph_code
 from deeplab_axial.layers import recompute
 from deeplab_axial.layers import validation
 
@@ -85,6 +86,7 @@ class AxialAttention2D(tf_keras.layers.Layer):
     self.width_attention.build(self.height_attention.compute_output_shape(input_shape))
     super().build(input_shape)
 
+  @graph_code.graph_call
   def call(self, inputs, training=None):
     outputs = self.height_attention(inputs, training=training)
     outputs = self.width_attention(outputs, training=training)
@@ -238,6 +240,7 @@ class AxialBlock(tf_keras.layers.Layer):
       self.downsample_bn.build(reduced[:-1].concatenate([self.output_channels]))
     super().build(input_shape)
 
+  @graph_code.graph_call
   def call(self, inputs, training=None):
     if self.recompute and _is_true(training):
       return recompute.recompute_grad(

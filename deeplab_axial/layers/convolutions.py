@@ -14,6 +14,7 @@ at the end than at the start.
 import tensorflow as tf
 import tf_keras
 
+from deeplab_axial.layers import graph_code
 from deeplab_axial.layers import validation
 
 _SERIALIZATION_PACKAGE = "deeplab_axial"
@@ -93,6 +94,7 @@ class ConvBNReLU(tf_keras.layers.Layer):
       self.bn.build(input_shape[:-1].concatenate([self.filters]))
     super().build(input_shape)
 
+  @graph_code.graph_call
   def call(self, inputs, training=None):
     x = inputs
     if self._explicit_padding:
@@ -176,6 +178,7 @@ class SeparableConvBNReLU(tf_keras.layers.Layer):
     self.pointwise.build(input_shape)
     super().build(input_shape)
 
+  @graph_code.graph_call
   def call(self, inputs, training=None):
     x = self.depthwise(inputs)
     x = tf.nn.relu(self.depthwise_bn(x, training=training))
@@ -258,6 +261,7 @@ class ASPP(tf_keras.layers.Layer):
     self.projection.build(input_shape[:-1].concatenate([5 * self.filters]))
     super().build(input_shape)
 
+  @graph_code.graph_call
   def call(self, inputs, training=None):
     branches = [self.conv_1x1(inputs, training=training)]
     branches += [conv(inputs, training=training) for conv in self.atrous_convs]
@@ -321,6 +325,7 @@ class InceptionStem(tf_keras.layers.Layer):
       shape = conv.compute_output_shape(shape)
     super().build(input_shape)
 
+  @graph_code.graph_call
   def call(self, inputs, training=None):
     x = inputs
     for conv in self.convs:

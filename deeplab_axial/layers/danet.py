@@ -7,6 +7,7 @@ import tensorflow as tf
 import tf_keras
 
 from deeplab_axial.layers import convolutions
+from deeplab_axial.layers import graph_code
 
 _CHANNEL_ATTENTION_MODES = ("official", "paper")
 
@@ -68,6 +69,7 @@ class PositionAttention(tf_keras.layers.Layer):
     self.gamma = self.add_weight(name="gamma", shape=(), initializer="zeros")
     super().build(input_shape)
 
+  @graph_code.graph_call
   def call(self, inputs):
     queries = _flatten_positions(self.query(inputs))
     keys = _flatten_positions(self.key(inputs))
@@ -129,6 +131,7 @@ class ChannelAttention(tf_keras.layers.Layer):
     self.gamma = self.add_weight(name="gamma", shape=(), initializer="zeros")
     super().build(input_shape)
 
+  @graph_code.graph_call
   def call(self, inputs):
     features = _flatten_positions(inputs)
     features32 = tf.cast(features, tf.float32)
@@ -242,6 +245,7 @@ class DualAttentionHead(tf_keras.layers.Layer):
       layer.build(inter_shape)
     super().build(input_shape)
 
+  @graph_code.graph_call
   def call(self, inputs, training=None):
     position = self.position_in(inputs, training=training)
     position = self.position_out(self.position_attention(position), training=training)

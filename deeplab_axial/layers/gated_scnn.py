@@ -23,6 +23,7 @@ from typing import Sequence
 import tensorflow as tf
 import tf_keras
 
+from deeplab_axial.layers import graph_code
 from deeplab_axial.ops import boundaries
 
 _SERIALIZABLE = tf_keras.saving.register_keras_serializable(package="deeplab_axial")
@@ -107,6 +108,7 @@ class GatedConv2D(_BatchNormMixin, tf_keras.layers.Layer):
     logits = self._gate_norm(self._gate_logit(hidden), training=training)
     return tf.sigmoid(tf.cast(logits, tf.float32))
 
+  @graph_code.graph_call
   def call(self, inputs, training=None):
     shape_features = inputs[0]
     alpha = tf.cast(self.gate(inputs, training=training), shape_features.dtype)
@@ -144,6 +146,7 @@ class ShapeStreamResidualBlock(_BatchNormMixin, tf_keras.layers.Layer):
     self._norm2 = self._batch_norm("norm2")
     super().build(input_shape)
 
+  @graph_code.graph_call
   def call(self, inputs, training=None):
     hidden = tf.nn.relu(self._norm1(self._conv1(inputs), training=training))
     return tf.nn.relu(inputs + self._norm2(self._conv2(hidden), training=training))
@@ -209,6 +212,7 @@ class ShapeStream(_BatchNormMixin, tf_keras.layers.Layer):
                                                dtype="float32")
     super().build(input_shape)
 
+  @graph_code.graph_call
   def call(self, inputs, training=None):
     image = inputs["image"]
     features = self._stem(inputs["res2"])
@@ -281,6 +285,7 @@ class GatedScnnFusion(_BatchNormMixin, tf_keras.layers.Layer):
     conv, norm = self._branch_convs[index], self._branch_norms[index]
     return tf.nn.relu(norm(conv(inputs), training=training))
 
+  @graph_code.graph_call
   def call(self, inputs, training=None):
     features, fused_boundary = inputs
     spatial = tf.shape(features)[1:3]
@@ -343,6 +348,7 @@ class GatedScnnDecoder(_BatchNormMixin, tf_keras.layers.Layer):
                                               name="classifier")
     super().build(input_shape)
 
+  @graph_code.graph_call
   def call(self, inputs, training=None):
     aspp_features, low_level, image = inputs
     low_level = self._low_level_projection(low_level)

@@ -16,6 +16,7 @@ import tensorflow as tf
 import tf_keras
 
 from deeplab_axial.layers import convolutions
+from deeplab_axial.layers import graph_code
 
 # Added to the logits of padded keys. Finite, so a group made only of padding (possible
 # when a map side is smaller than the partition) gives uniform weights instead of NaN;
@@ -122,6 +123,7 @@ class _SelfAttentionBlock(tf_keras.layers.Layer):
     self.output_projection.build(value_shape)
     super().build(input_shape)
 
+  @graph_code.graph_call
   def call(self, inputs, grid, long_range, training=None):
     """Attends within the groups of `grid`: `[b, H, W, c_in]` → `[b, H, W, c_out]`."""
     queries, keys = inputs, inputs
@@ -240,6 +242,7 @@ class InterlacedSparseSelfAttention(tf_keras.layers.Layer):
       total += padded * group * (key + value)
     return int(total)
 
+  @graph_code.graph_call
   def call(self, inputs, training=None):
     grid = _PaddedGrid(inputs, self.partition)
     x = self.long_range(inputs, grid=grid, long_range=True, training=training)

@@ -8,6 +8,7 @@ import tensorflow as tf
 import tf_keras
 
 from deeplab_axial.layers import convolutions
+from deeplab_axial.layers import graph_code
 
 # Accepted dict keys, finest first: FastFCN's names and the backbone endpoint names.
 _KEY_SETS = (("c3", "c4", "c5"), ("res3", "res4", "res5"))
@@ -51,6 +52,7 @@ class _DilatedSeparableBranch(tf_keras.layers.Layer):
       layer.build(input_shape)
     super().build(input_shape)
 
+  @graph_code.graph_call
   def call(self, inputs, training=None):
     x = self.depthwise_bn(self.depthwise(inputs), training=training)
     return self.pointwise(x, training=training)
@@ -126,6 +128,7 @@ class JointPyramidUpsampling(tf_keras.layers.Layer):
       branch.build(joint_shape)
     super().build(input_shape)
 
+  @graph_code.graph_call
   def call(self, inputs, training=None):
     features = _ordered_features(inputs, self.name)
     laterals = [lateral(x, training=training) for lateral, x in zip(self.laterals, features)]

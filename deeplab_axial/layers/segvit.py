@@ -19,6 +19,7 @@ from typing import Tuple
 import tensorflow as tf
 import tf_keras
 
+from deeplab_axial.layers import graph_code
 from deeplab_axial.layers import validation
 from deeplab_axial.layers import vit
 
@@ -85,6 +86,7 @@ class TransformerDecoderLayer(tf_keras.layers.Layer):
     self._dropout = tf_keras.layers.Dropout(self.dropout)
     super().build(input_shape)
 
+  @graph_code.graph_call
   def call(self, queries, memory, training=None):
     attended = self.self_attention([queries, queries], training=training)
     queries = self._norms[0](queries + self._dropout(attended, training=training))
@@ -173,6 +175,7 @@ class AttentionToMask(tf_keras.layers.Layer):
                                     tf.shape(grid)[1], tf.shape(grid)[2])
     return tf.image.resize(similarity, final_size)
 
+  @graph_code.graph_call
   def call(self, inputs, training=None):
     inputs = _as_list(inputs)
     batch = tf.shape(inputs[0])[0]
@@ -276,6 +279,7 @@ class QueryUpsample(tf_keras.layers.Layer):
                                           "memory")
     super().build(input_shape)
 
+  @graph_code.graph_call
   def call(self, inputs, training=None):
     inputs = _as_list(inputs)
     height, width = tf.shape(inputs[0])[1], tf.shape(inputs[0])[2]
@@ -307,6 +311,7 @@ class AtmSemanticScores(tf_keras.layers.Layer):
   the image only gives the output size. Output: float32 `[batch, H, W, K]`.
   """
 
+  @graph_code.graph_call
   def call(self, inputs):
     class_logits, mask_logits, image = inputs
     scores = atm_semantic_inference(class_logits[:, -1], mask_logits[:, -1])

@@ -20,6 +20,7 @@ from typing import Optional, Sequence, Tuple
 import tensorflow as tf
 import tf_keras
 
+from deeplab_axial.layers import graph_code
 from deeplab_axial.layers import validation
 
 _SERIALIZABLE = tf_keras.saving.register_keras_serializable(package="deeplab_axial")
@@ -86,6 +87,7 @@ class TokenAttention(tf_keras.layers.Layer):
     return tf.reshape(tokens, [shape[0], shape[1], self.num_heads,
                                self.hidden_size // self.num_heads])
 
+  @graph_code.graph_call
   def call(self, inputs, training=None, return_logits=False):
     query, key_value = inputs
     queries = self._split_heads(self._query(query))
@@ -165,6 +167,7 @@ class TransformerBlock(tf_keras.layers.Layer):
     self._dropout = tf_keras.layers.Dropout(self.dropout)
     super().build(input_shape)
 
+  @graph_code.graph_call
   def call(self, tokens, query_tokens=None, training=None):
     queries = tokens if query_tokens is None else query_tokens
     normed_keys = self._norm1(tokens)
@@ -216,6 +219,7 @@ class QueryDownsample(tf_keras.layers.Layer):
                        f"{input_shape}")
     super().build(input_shape)
 
+  @graph_code.graph_call
   def call(self, grid, training=None):
     if self.pooling == "nearest":
       pooled = grid[:, ::2, ::2, :]
@@ -329,6 +333,7 @@ class VisionTransformer(tf_keras.layers.Layer):
     return tf.image.resize(self.position_embedding, tf.stack([height, width]),
                            method="bilinear")
 
+  @graph_code.graph_call
   def call(self, images, training=None):
     shape = tf.shape(images)
     pad_height = -shape[1] % self.patch_size

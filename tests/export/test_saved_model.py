@@ -179,6 +179,13 @@ def test_padded_length_rule():
   assert [int(saved_model.padded_length(n, 16, 0)) for n in (1, 16, 17)] == [16, 16, 32]
 
 
+@pytest.fixture
+def loaded_as_served(exported, default_graph_optimizations):  # pylint: disable=unused-argument
+  """A fresh load of the export whose signatures run with Grappler on, as in TF Serving
+  (it names the input tensor `images` in a rank error; unoptimized, an internal name)."""
+  return tf.saved_model.load(exported[1])
+
+
 @pytest.mark.parametrize("images, message", [
     (np.zeros([30, 41, 3], np.uint8), r"Shape of tensor images \[30,41,3\] is not compatible "
                                       r"with expected shape \[\?,\?,\?,3\]"),
@@ -187,14 +194,14 @@ def test_padded_length_rule():
     (np.zeros([1, 0, 41, 3], np.uint8), r"height and width >= 1"),
     (np.zeros([1, 30, 41, 3], np.float32), r"expected to be a uint8 tensor but is a float"),
 ])
-def test_bad_images_give_clear_errors(loaded, images, message):
+def test_bad_images_give_clear_errors(loaded_as_served, images, message):
   with pytest.raises((tf.errors.InvalidArgumentError, ValueError, TypeError), match=message):
-    loaded.signatures["serving_default"](images=tf.constant(images))
+    loaded_as_served.signatures["serving_default"](images=tf.constant(images))
 
 
-def test_bad_bytes_give_clear_errors(loaded):
+def test_bad_bytes_give_clear_errors(loaded_as_served):
   good = _png(np.zeros((5, 6, 3), np.uint8))
-  signature = loaded.signatures["serve_image_bytes"]
+  signature = loaded_as_served.signatures["serve_image_bytes"]
   with pytest.raises(tf.errors.InvalidArgumentError,
                      match=r"image_bytes\[1\] is not an encoded PNG or JPEG image"):
     signature(image_bytes=tf.constant([good, b"not an image"]))

@@ -13,6 +13,7 @@ import tensorflow as tf
 import tf_keras
 
 from deeplab_axial.layers import convolutions
+from deeplab_axial.layers import graph_code
 from deeplab_axial.models import catalogue
 
 _STAGE_WIDTHS = (64, 128, 256, 512)
@@ -76,6 +77,7 @@ class BottleneckBlock(tf_keras.layers.Layer):
       self.shortcut.build(input_shape)
     super().build(input_shape)
 
+  @graph_code.graph_call
   def call(self, inputs, training=None):
     x = self.conv1(inputs, training=training)
     x = self.conv2(x, training=training)

@@ -14,6 +14,7 @@ import tensorflow as tf
 import tf_keras
 
 from deeplab_axial.layers import convolutions
+from deeplab_axial.layers import graph_code
 from deeplab_axial.models import catalogue
 from deeplab_axial.models.backbones import resnet
 
@@ -127,6 +128,7 @@ class PanopticDeepLabDecoder(tf_keras.layers.Layer):
       channels = self.decoder_channels
     super().build(input_shape)
 
+  @graph_code.graph_call
   def call(self, features, training=None):
     self._check_features(features)
     x = self.aspp(features[self.high_level_endpoint], training=training)
@@ -192,6 +194,7 @@ class PanopticHead(tf_keras.layers.Layer):
     self.prediction.build(input_shape[:-1].concatenate([self.filters]))
     super().build(input_shape)
 
+  @graph_code.graph_call
   def call(self, inputs, training=None):
     return self.prediction(self.separable(inputs, training=training))
 
@@ -222,6 +225,7 @@ class ResizeToReference(tf_keras.layers.Layer):
     super().__init__(**kwargs)
     self.rescale_offsets = rescale_offsets
 
+  @graph_code.graph_call
   def call(self, inputs):
     prediction, reference = inputs
     prediction = tf.cast(prediction, self.compute_dtype)

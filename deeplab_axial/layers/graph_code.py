@@ -1,0 +1,20 @@
+"""`graph_call`: marks a layer's `call` as graph code that autograph leaves as written.
+
+Keras runs the `call` of every subclassed layer through autograph, which parses and
+rewrites that function and everything it calls (once per process), then traces the
+rewritten code, which wraps every `if` and call in a dispatcher. Our layers branch on
+tensors only through `tf.cond` / `tf.while_loop` / `smart_cond`, so the rewrite adds
+nothing; on the shapes demo model it was ~40% of building the model and a large part of
+each training trace (benchmarks/README.md, "Tracing time").
+
+`tf.autograph.experimental.do_not_convert` alone would hide `call`'s signature from
+Keras (it would then pass `mask=` to layers that take none); re-attaching the original
+as the decorator's target keeps `training` and the argument list visible.
+"""
+import tensorflow as tf
+
+
+def graph_call(call):
+  """Decorator for a layer's `call`: not converted by autograph, signature kept."""
+  return tf.__internal__.decorator.make_decorator(
+      call, tf.autograph.experimental.do_not_convert(call))
