@@ -4,8 +4,9 @@ Keras runs the `call` of every subclassed layer through autograph, which parses 
 rewrites that function and everything it calls (once per process), then traces the
 rewritten code, which wraps every `if` and call in a dispatcher. Our layers branch on
 tensors only through `tf.cond` / `tf.while_loop` / `smart_cond`, so the rewrite adds
-nothing; on the shapes demo model it was ~40% of building the model and a large part of
-each training trace (benchmarks/README.md, "Tracing time").
+nothing. Measured on the shapes demo model (33x33 crops, 2 training steps and an
+evaluation, AVX2 machine): the rewrite was ~40% of building the model, and the whole
+run took 91 s instead of 105-113 s without it.
 
 `tf.autograph.experimental.do_not_convert` alone would hide `call`'s signature from
 Keras (it would then pass `mask=` to layers that take none); re-attaching the original

@@ -22,6 +22,7 @@ between runs changes the checkpoint's structure (one optimizer <-> a `GroupedOpt
 `restore_regrouped_state` carries the state across that change.
 """
 import math
+import types
 from typing import Sequence, Tuple
 
 import tensorflow as tf
@@ -223,6 +224,8 @@ class RectifiedAdam(tf_keras.optimizers.Optimizer):
     self.total_steps = int(total_steps)
     self.warmup_proportion = float(warmup_proportion)
     self.min_learning_rate = float(min_learning_rate)
+    # A plain object: a dict attribute would be tracked (and refused) by checkpoints.
+    self._coefficient_cache = types.SimpleNamespace(entries=None)
 
   def build(self, var_list):
     super().build(var_list)
@@ -248,19 +251,30 @@ class RectifiedAdam(tf_keras.optimizers.Optimizer):
     decayed_lr = lr + decay_rate * tf.minimum(step - warmup_steps, decay_steps)
     return tf.where(step <= warmup_steps, warmup_lr, decayed_lr)
 
-  def update_step(self, gradient, variable):
-    if isinstance(gradient, tf.IndexedSlices):
-      gradient = tf.convert_to_tensor(gradient)
-    dtype = variable.dtype
-    index = self._index_dict[self._var_key(variable)]
-    m, v = self._momentums[index], self._velocities[index]
+  def _distributed_apply_gradients_fn(self, distribution, grads_and_vars, **kwargs):
+    # The step's scalar coefficients are the same for every variable: built once per
+    # apply (see `_coefficients`) instead of once per variable, where they were ~65% of
+    # the shapes demo's training graph (19.7k of 31.3k ops for its 263 variables).
+    self._coefficient_cache.entries = {}
+    try:
+      return super()._distributed_apply_gradients_fn(distribution, grads_and_vars,
+                                                     **kwargs)
+    finally:
+      self._coefficient_cache.entries = None
+
+  def _coefficients(self, dtype):
+    """(lr_t, lr_scale, offset, adaptive) of this step, in `dtype`; the update is
+    lr_scale·m/(adaptive·√v + offset) (+ lr_t·λθ).
+
+    Cached for one apply per (dtype, graph): under XLA each variable's update is traced
+    in a graph of its own, which must not use another graph's tensors.
+    """
+    cache = self._coefficient_cache.entries
+    key = (dtype, tf.compat.v1.get_default_graph())
+    if cache is not None and key in cache:
+      return cache[key]
     step = tf.cast(self.iterations + 1, dtype)
     lr = self._step_learning_rate(step, dtype)
-    one_minus_beta_1 = tf.cast(1.0 - self.beta_1, dtype)
-    one_minus_beta_2 = tf.cast(1.0 - self.beta_2, dtype)
-    m.assign_add((gradient - m) * one_minus_beta_1)
-    v.assign_add((tf.square(gradient) - v) * one_minus_beta_2)
-
     # Scalars in a numerically careful form: ρ_t = ρ∞ − 2tβ2^t/(1 − β2^t) is a difference
     # of numbers near 2/(1 − β2), so 1 − β2^t comes from expm1 and ρ∞ from double
     # precision; float32 cancellation would otherwise shift ρ_t by ~0.01 early on.
@@ -280,6 +294,20 @@ class RectifiedAdam(tf_keras.optimizers.Optimizer):
     sqrt_bias_2 = tf.sqrt(bias_2)
     lr_scale = lr / bias_1 * (adaptive * rectifier * sqrt_bias_2 + (1.0 - adaptive))
     offset = adaptive * tf.cast(self.epsilon, dtype) * sqrt_bias_2 + (1.0 - adaptive)
+    coefficients = (lr, lr_scale, offset, adaptive)
+    if cache is not None:
+      cache[key] = coefficients
+    return coefficients
+
+  def update_step(self, gradient, variable):
+    if isinstance(gradient, tf.IndexedSlices):
+      gradient = tf.convert_to_tensor(gradient)
+    dtype = variable.dtype
+    index = self._index_dict[self._var_key(variable)]
+    m, v = self._momentums[index], self._velocities[index]
+    lr, lr_scale, offset, adaptive = self._coefficients(dtype)
+    m.assign_add((gradient - m) * tf.cast(1.0 - self.beta_1, dtype))
+    v.assign_add((tf.square(gradient) - v) * tf.cast(1.0 - self.beta_2, dtype))
     update = lr_scale * m / (adaptive * tf.sqrt(v) + offset)
     if self.weight_decay and self._use_weight_decay(variable):
       update += lr * tf.cast(self.weight_decay, dtype) * variable

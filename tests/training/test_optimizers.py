@@ -129,6 +129,29 @@ def test_radam_matches_paper_update_over_50_steps(threshold):
   np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5)
 
 
+def test_radam_several_variables_and_steps_in_one_graph_match_the_paper_update():
+  # The step's coefficients are shared by the variables of one apply; a second apply in
+  # the same graph must use the next step's (t + 1), not the first apply's.
+  halves = [tf.Variable(_START[:2]), tf.Variable(_START[2:])]
+  optimizer = optimizers.RectifiedAdam(0.05, weight_decay=0.1)
+  steps_per_call, calls = 3, 4
+
+  @tf.function
+  def several_steps():
+    for _ in range(steps_per_call):
+      theta = tf.concat(halves, 0)
+      gradient = _CURVATURE * (theta - _OPTIMUM)
+      optimizer.apply_gradients(zip(tf.split(gradient, 2), halves))
+
+  trajectory = []
+  for _ in range(calls):
+    several_steps()
+    trajectory.append(tf.concat(halves, 0).numpy())
+  expected = _numpy_trajectory(NumpyRAdam(lr=0.05, weight_decay=0.1),
+                               steps_per_call * calls)[steps_per_call - 1::steps_per_call]
+  np.testing.assert_allclose(np.stack(trajectory), expected, rtol=1e-4, atol=1e-5)
+
+
 def test_radam_switch_over_step_is_the_first_with_rho_above_threshold():
   # ρ_t (β2 = 0.999) = 1.0, 2.0, 3.0, 4.0, 4.996, 5.994, ...: steps 1-5 are plain momentum
   # steps of size lr·m̂ (= lr·g for a constant gradient), step 6 is the first adaptive one.
