@@ -15,7 +15,7 @@ class _Doubling(tf_keras.layers.Layer):
     return inputs
 
 
-class _GraphDoubling(_Doubling):
+class _GraphDoubling(tf_keras.layers.Layer):
 
   @graph_code.graph_call
   def call(self, inputs, training=None):
