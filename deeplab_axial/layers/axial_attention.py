@@ -740,13 +740,11 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
     r = (m - 1) / 2. The window of block j is its own block and one block on each side,
     which covers every key within r of the block's queries because b >= r.
     """
-    radius = (self.span - 1) // 2
-    block = max(radius, 1)
+    block = max((self.span - 1) // 2, 1)
     num_blocks = (length + block - 1) // block
     padded = num_blocks * block
     # Keys/values: one block of zeros before, and enough after for the last window.
     pad_keys = [[0, 0], [block, padded - length + block], [0, 0], [0, 0]]
-    q = tf.pad(q, [[0, 0], [0, padded - length], [0, 0], [0, 0]])
     k = tf.pad(k, pad_keys)
     v = tf.pad(v, pad_keys)
 
@@ -756,36 +754,68 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
       x = tf.reshape(x, tf.concat([[shape[0], num_blocks + 2, block], shape[2:]], 0))
       return tf.concat([x[:, :-2], x[:, 1:-1], x[:, 2:]], axis=2)
 
-    q = tf.reshape(q, tf.concat([[tf.shape(q)[0], num_blocks, block],
-                                 tf.shape(q)[2:]], 0))
+    return (self._query_blocks(q, length, num_blocks, block), windows(k), windows(v),
+            *self._block_masks(length, num_blocks, block, halo=block))
+
+  def _dynamic_plan(self, q, k, v, length):
+    """The dense or the blocked plan for a length known only when the graph runs.
+
+    The dense plan is the blocked one with a single block of the whole axis and no halo,
+    so one set of ops takes (blocks, block, halo) as tensors and gathers the key windows.
+    A tf.cond between the two plans would build both: in a functional model's
+    construction, which calls every layer at an unknown size, that was a third of the
+    time.
+    """
+    dense = length < 2 * self.span
+    block = tf.where(dense, length, max((self.span - 1) // 2, 1))
+    halo = tf.where(dense, 0, block)
+    num_blocks = (length + block - 1) // block
+    padded = num_blocks * block
+    pad_keys = [[0, 0], [halo, padded - length + halo], [0, 0], [0, 0]]
+    # [blocks, window]: block j's keys in the padded axis.
+    window_keys = (tf.range(num_blocks) * block)[:, None] + tf.range(block + 2 * halo)
+    return (self._query_blocks(q, length, num_blocks, block),
+            tf.gather(tf.pad(k, pad_keys), window_keys, axis=1),
+            tf.gather(tf.pad(v, pad_keys), window_keys, axis=1),
+            *self._block_masks(length, num_blocks, block, halo))
+
+  @staticmethod
+  def _query_blocks(q, length, num_blocks, block):
+    """[s, length, h, d] -> [s, blocks, block, h, d], zeros past the axis end."""
+    q = tf.pad(q, [[0, 0], [0, num_blocks * block - length], [0, 0], [0, 0]])
+    return tf.reshape(q, tf.concat([[tf.shape(q)[0], num_blocks, block],
+                                    tf.shape(q)[2:]], 0))
+
+  def _block_masks(self, length, num_blocks, block, halo):
+    """The plan's table rows and masks for windows of `halo` keys, the block, `halo` keys.
+
+    Returns:
+      (rows `[block, window]`, valid `[blocks, 1, block, window]`, band
+      `[block, window]`, key_inside `[blocks, window]`), the masks as float 0/1.
+    """
+    radius = (self.span - 1) // 2
     query_in_block = tf.range(block)[:, None]
-    key_in_window = tf.range(3 * block)[None, :]
-    offsets = key_in_window - block - query_in_block  # p - o, [block, window]
+    key_in_window = tf.range(block + 2 * halo)[None, :]
+    offsets = key_in_window - halo - query_in_block  # p - o, [block, window]
     in_band = tf.abs(offsets) <= radius
     rows = tf.clip_by_value(offsets + radius, 0, self.span - 1)
     block_start = (tf.range(num_blocks) * block)[:, None, None]
     query_pos = block_start + query_in_block[None]
-    key_pos = block_start + key_in_window[None] - block
+    key_pos = block_start + key_in_window[None] - halo
     key_inside = (key_pos >= 0) & (key_pos < length)  # [blocks, 1, window]
     valid = in_band[None] & (query_pos < length) & key_inside
     valid = tf.cast(valid, tf.float32)[:, None]  # [blocks, 1, block, window]
-    return (q, windows(k), windows(v), rows, valid, tf.cast(in_band, tf.float32),
+    return (rows, valid, tf.cast(in_band, tf.float32),
             tf.cast(key_inside[:, 0], tf.float32))
 
   def _plan(self, q, k, v, length):
     if self.span is None:
       return self._dense_plan(q, k, v, length)
     static = tf.get_static_value(length)
-    if static is not None:
-      plan = self._dense_plan if static < 2 * self.span else self._blocked_plan
-      return plan(q, k, v, length)
-
-    def dense():
-      # Both branches of the cond must give tensors: an all-ones key mask here.
-      return self._dense_plan(q, k, v, length)[:-1] + (tf.ones([1, length]),)
-
-    return tf.cond(length < 2 * self.span, dense,
-                   lambda: self._blocked_plan(q, k, v, length))
+    if static is None:
+      return self._dynamic_plan(q, k, v, length)
+    plan = self._dense_plan if static < 2 * self.span else self._blocked_plan
+    return plan(q, k, v, length)
 
   # -- forward -----------------------------------------------------------------------
 
