@@ -6,8 +6,14 @@ XLA compilations): one pytest process running many of them keeps the memory of e
 exhausted this 24 GB machine. A process per file returns all of it when the file is done,
 and a file is only started while the machine has `--start_above_gb` of memory available.
 
+Files light enough to share a process can be named with --together: they run in one
+pytest process, started before the others (together they are among the longest),
+which saves each one's start-up
+(importing TensorFlow and PyTorch, collecting: ~8 s a file); when that process fails,
+each of its files counts as failed (its output names the failing tests).
+
 Usage: python scripts/run_test_files.py [--jobs 2] [-m MARKEXPR] [--first FILE ...]
-       [pytest args ...]
+       [--together FILE ...] [pytest args ...]
 The marker and pytest args select the tests (as `pytest --collect-only` would); each
 file then runs exactly its selected tests. Prints each file's pytest output when the file
 is done, then one summary line; exits 1 when a file failed (pytest's "no tests
@@ -51,10 +57,10 @@ def _tests_by_file(marker, pytest_args):
 
 
 class _Run:
-  """One file's pytest process, its output captured in a temporary file."""
+  """One pytest process for one or more files, its output captured in a temporary file."""
 
-  def __init__(self, path, test_ids):
-    self.path = path
+  def __init__(self, paths, test_ids):
+    self.paths = paths
     self.output = tempfile.TemporaryFile(mode="w+")
     self.start = time.monotonic()
     self.process = subprocess.Popen(
@@ -66,7 +72,8 @@ class _Run:
     seconds = time.monotonic() - self.start
     passed = self.process.returncode in (0, _NO_TESTS_COLLECTED)
     self.output.seek(0)
-    print(f"== {self.path}: {'passed' if passed else 'FAILED'} in {seconds:.0f} s ==")
+    print(f"== {' '.join(self.paths)}: {'passed' if passed else 'FAILED'} in "
+          f"{seconds:.0f} s ==")
     print(self.output.read().rstrip(), flush=True)
     self.output.close()
     return passed
@@ -82,12 +89,19 @@ def main():
   parser.add_argument("--first", nargs="+", default=[], metavar="FILE",
                       help="start these files (those selected) before the others, in this "
                            "order: the longest first, so that short files fill the end")
+  parser.add_argument("--together", nargs="+", default=[], metavar="FILE",
+                      help="run these files (those selected) in one shared process, "
+                           "started before all others")
   args, pytest_args = parser.parse_known_args()
   start = time.monotonic()
   selected = _tests_by_file(args.marker, pytest_args)
+  total = len(selected)
+  together = [path for path in args.together if path in selected]
+  pending = [(together, [test for path in together for test in selected.pop(path)])
+             ] if together else []
   first = [path for path in args.first if path in selected]
-  pending = [(path, selected.pop(path)) for path in first] + list(selected.items())
-  total = len(pending)
+  pending += [([path], selected.pop(path)) for path in first]
+  pending += [([path], tests) for path, tests in selected.items()]
   running, failed = [], []
   while pending or running:
     while pending and len(running) < args.jobs and (
@@ -97,7 +111,7 @@ def main():
     for run in [run for run in running if run.process.poll() is not None]:
       running.remove(run)
       if not run.report():
-        failed.append(run.path)
+        failed.extend(run.paths)
   minutes, seconds = divmod(round(time.monotonic() - start), 60)
   print(f"== {total - len(failed)}/{total} test files passed in {minutes} min {seconds} s"
         + (f"; failed: {' '.join(failed)}" if failed else "") + " ==")

@@ -10,6 +10,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
 
+from tests import helpers  # noqa: E402
 from tests.reference import official_axialnet  # noqa: E402
 
 _CPUS = tf.config.list_physical_devices("CPU")
@@ -17,11 +18,7 @@ _CPUS = tf.config.list_physical_devices("CPU")
 # before any op initializes the runtime, which is why it lives at conftest import time.
 tf.config.set_logical_device_configuration(
     _CPUS[0], [tf.config.LogicalDeviceConfiguration()] * 2)
-# Grappler's graph rewrites (constant folding, layout, op fusion; same results up to
-# rounding) took ~20 s of the ~90 s that a 2-step train + eval of the demo model costs
-# here, and a test runs each graph a few times. Tests in this process skip them; the
-# documented commands (tests/docs, the CLI tests' subprocesses) keep TF's default.
-tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+helpers.skip_graph_optimizations()
 
 
 @pytest.fixture

@@ -10,6 +10,19 @@ _LOOPBACK = "127.0.0.1"
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def skip_graph_optimizations():
+  """Turns off Grappler's graph rewrites (constant folding, layout, op fusion; same results
+  up to rounding) in this process.
+
+  They took ~20 s of the ~90 s that a 2-step train + eval of the demo model costs, and a
+  test runs each graph a few times. Test processes (conftest, cluster workers, CLIs started
+  through tests/run_without_graph_optimizations.py) skip them; the documented commands
+  (tests/docs) keep TF's default.
+  """
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+
+
 def randomize_batch_norms(layer, rng):
   """Random running statistics, scales and offsets for every batch norm of `layer`.
 

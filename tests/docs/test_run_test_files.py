@@ -56,3 +56,22 @@ def test_files_named_first_start_first(tmp_path):
                           timeout=300)
   assert result.returncode == 0, result.stdout + result.stderr
   assert (tmp_path / "order").read_text().split() == ["test_c", "test_b", "test_a"]
+
+
+def test_files_named_together_share_one_process_started_first(tmp_path):
+  (tmp_path / "pytest.ini").write_text("[pytest]\naddopts = -p no:cacheprovider\n")
+  for name in ("test_a.py", "test_b.py", "test_c.py", "test_d.py"):
+    (tmp_path / name).write_text(
+        "import os\n"
+        "def test_it(): open('order', 'a').write(f'{__name__}:{os.getpid()} ')\n")
+  result = subprocess.run([sys.executable, _SCRIPT, "--jobs", "1", "--first", "test_d.py",
+                           "--together", "test_c.py", "test_a.py"],
+                          cwd=tmp_path, capture_output=True, text=True, check=False,
+                          timeout=300)
+  assert result.returncode == 0, result.stdout + result.stderr
+  order = [entry.split(":") for entry in (tmp_path / "order").read_text().split()]
+  assert [name for name, _ in order] == ["test_c", "test_a", "test_d", "test_b"]
+  pids = [pid for _, pid in order]
+  assert pids[0] == pids[1] and len({pids[0], pids[2], pids[3]}) == 3
+  assert "== test_c.py test_a.py: passed in" in result.stdout
+  assert "== 4/4 test files passed in" in result.stdout

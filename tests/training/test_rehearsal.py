@@ -45,7 +45,8 @@ def _check_rehearsal(path, tmp_path, **kwargs):
 
 
 @pytest.mark.slow
-# The demo is rehearsed in full (its step run) by the next test, which checks the same.
+# The demo is rehearsed in full (its step run) by
+# test_demo_runs_its_step_counts_multiply_adds_and_names_a_mismatched_checkpoint_variable.
 @pytest.mark.parametrize("path", [p for p in CI_CONFIGS if p != DEMO])
 def test_small_shipped_configs_trace_at_their_real_shapes(path, tmp_path):
   report = _check_rehearsal(path, tmp_path, run_step=False, count_multiply_adds=False)
@@ -54,19 +55,6 @@ def test_small_shipped_configs_trace_at_their_real_shapes(path, tmp_path):
   assert report.traced[0] == (f"train step at [{config.train.batch_size}, {crop[0]}, "
                               f"{crop[1]}, 3]")
   assert any(t.startswith("export signatures") for t in report.traced)
-
-
-@pytest.mark.slow
-def test_demo_runs_its_training_step_and_counts_multiply_adds(tmp_path):
-  report = _check_rehearsal(DEMO, tmp_path, run_step=True)
-  assert report.ran == ["train step at [8, 65, 65, 3]"]
-  assert any(t.startswith("export signatures") for t in report.traced)
-  assert report.eval_crop == (65, 65)
-  # The model's own count at the eval crop (models.count_multiply_adds), independently
-  # of the rehearsal's model.
-  assert report.multiply_adds > 0
-  assert report.parameters > 0
-  assert report.estimated_memory_bytes > 4 * 4 * report.parameters
 
 
 @pytest.mark.full_rehearsal
@@ -140,12 +128,30 @@ def _write_demo_checkpoint(directory, width_multiplier):
 
 
 @pytest.mark.slow
-def test_initial_checkpoint_of_another_width_fails_with_one_line_naming_the_variable(
+def test_demo_runs_its_step_counts_multiply_adds_and_names_a_mismatched_checkpoint_variable(
     tmp_path):
+  # One rehearsal checks every stage of the demo: a failed stage (here the initial
+  # checkpoint) is reported and the later stages still run, so the one run covers both.
   prefix = _write_demo_checkpoint(str(tmp_path), 0.5)
-  result = _run_cli(tmp_path, f"--config_override=train.initial_checkpoint: '{prefix}'")
-  line = _one_error_line(result)
-  assert "initial checkpoint" in line
-  # A variable of the half-width checkpoint against the quarter-width model, by path.
+  config = _load(DEMO, [f"train.initial_checkpoint: '{prefix}'"])
+  reports, printed = [], []
+  with pytest.raises(rehearsal.RehearsalError) as raised:
+    rehearsal.rehearse(config, data_dir=str(tmp_path / "no_data"), run_step=True,
+                       on_finish=reports.append, log_fn=printed.append)
+  report = reports[0]
+  assert report.ran == ["train step at [8, 65, 65, 3]"]
+  assert any(t.startswith("export signatures") for t in report.traced)
+  assert report.eval_crop == (65, 65)
+  # The model's own count at the eval crop (models.count_multiply_adds), independently
+  # of the rehearsal's model.
+  assert report.multiply_adds > 0
+  assert report.parameters > 0
+  assert report.estimated_memory_bytes > 4 * 4 * report.parameters
+  assert printed[-1] == "rehearsal: FAILED"
+  # The CLI prints a RehearsalError as one `error:` line, like any user error
+  # (tests/test_cli.py): the line names the variable of the half-width checkpoint and
+  # both shapes.
+  line = str(raised.value)
+  assert "\n" not in line and "initial checkpoint" in line
   assert re.search(r"model/\S+: checkpoint \[128\] vs model \[64\]", line), line
-  assert "rehearsal: FAILED" in result.stdout
+  assert len(report.problems) == 1, report.problems

@@ -33,7 +33,9 @@ _OVERRIDES = (
 
 
 def _command(model_dir):
-  return ([sys.executable, os.path.join(_REPO, "trainer", "train.py"),
+  # The real CLI, without Grappler's rewrites (tests/run_without_graph_optimizations.py).
+  return ([sys.executable, os.path.join(_REPO, "tests", "run_without_graph_optimizations.py"),
+           os.path.join(_REPO, "trainer", "train.py"),
            f"--config_file={_CONFIG}", "--mode=train_and_eval", f"--model_dir={model_dir}"]
           + [f"--config_override={o}" for o in _OVERRIDES])
 
