@@ -262,7 +262,7 @@ def _masked_content_sums(q, k, valid, dtype, fused):
   @tf.custom_gradient
   def sums(q, k):
     masked = content_term(q, k) * valid
-    shape = tf.shape(masked)
+    shape = tf.unstack(tf.shape(masked), num=5)
     rows = tf.reshape(masked, [shape[0] * shape[1], shape[2], shape[3] * shape[4]])
     total = tf.reduce_sum(tf.reduce_sum(rows, axis=2), axis=0)
     squares = tf.reduce_sum(tf.reduce_sum(tf.square(rows), axis=2), axis=0)
@@ -305,7 +305,7 @@ def _relative_logits(x, table, by_key):
   the x and the table gradients; einsum's autodiff transposed it separately for each
   (the kr backward was ~30% of a span-65 layer's training step at 129², measured).
   """
-  shape = tf.shape(x)
+  shape = tf.unstack(tf.shape(x), num=5)  # one op, not a slice per use
   # Logits axes with the shared position axis first: [B, s, j, h, other].
   to_batch = [4, 0, 1, 2, 3] if by_key else [3, 0, 1, 2, 4]
   from_batch = [1, 2, 3, 4, 0] if by_key else [1, 2, 3, 0, 4]
@@ -337,7 +337,7 @@ def _retrieve_relative(weights, table):
   weights, once the backward pass reaches it, instead of keeping it (one full-size
   tensor less between forward and backward).
   """
-  shape = tf.shape(weights)
+  shape = tf.unstack(tf.shape(weights), num=5)  # one op, not a slice per use
 
   def queries_first(tensor):  # [s, j, h, i, w] -> [i, s*j*h, w]
     return tf.reshape(tf.transpose(tensor, [3, 0, 1, 2, 4]),
@@ -904,10 +904,9 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
       raise ValueError(f"{type(self).__name__} expects a 4-D [batch, height, width, "
                        f"channels] input, got shape {inputs.shape}.")
     x = self._to_sequences(inputs)  # [b, other, length, c]
-    shape = tf.shape(x)
-    batch, other = shape[0], shape[1]
+    batch, other, dynamic_length, _ = tf.unstack(tf.shape(x), num=4)
     # A Python int when the length is static, so that the path is chosen at trace time.
-    length = x.shape[2] if x.shape[2] is not None else shape[2]
+    length = x.shape[2] if x.shape[2] is not None else dynamic_length
     with tf.control_dependencies(self._check_length(length)):
       qkv = tf.einsum("boxc,cd->boxd", x, self.qkv_kernel, name="qkv_projection")
     if self.use_batch_norm:
