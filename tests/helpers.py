@@ -15,9 +15,10 @@ def skip_graph_optimizations():
   up to rounding) in this process.
 
   They took ~20 s of the ~90 s that a 2-step train + eval of the demo model costs, and a
-  test runs each graph a few times. Test processes (conftest, cluster workers, CLIs started
-  through tests/run_without_graph_optimizations.py) skip them; the documented commands
-  (tests/docs) keep TF's default.
+  test runs each graph a few times. The test process (conftest) and the CLIs started
+  through tests/run_without_graph_optimizations.py skip them; the documented commands
+  (tests/docs) keep TF's default, and so do the cluster workers: the 2-worker panoptic
+  evaluation test took 260 s without them against 238 s with them (idle, one run each).
   """
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})

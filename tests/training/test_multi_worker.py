@@ -126,7 +126,6 @@ def test_create_strategy_splits_the_cpu_in_a_fresh_process():
 
 def _worker_main(model_dir, out_path, total_steps, until_steps):
   from deeplab_axial.training import distribution  # pylint: disable=import-outside-toplevel
-  helpers.skip_graph_optimizations()  # as in the test process (conftest)
   strategy = distribution.create_strategy()
   assert isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy), strategy
   model = _train(strategy, model_dir, int(total_steps),

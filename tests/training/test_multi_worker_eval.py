@@ -232,11 +232,9 @@ def _worker_main(spec_path):
   from deeplab_axial import config as config_lib  # pylint: disable=import-outside-toplevel
   from deeplab_axial.training import distribution  # pylint: disable=import-outside-toplevel
   from deeplab_axial.training import experiment  # pylint: disable=import-outside-toplevel
-  from tests import helpers  # pylint: disable=import-outside-toplevel
   with open(spec_path) as f:
     spec = json.load(f)
   logging.set_verbosity(logging.INFO)  # The test reads which worker wrote predictions.
-  helpers.skip_graph_optimizations()  # as in the test process (conftest)
   _tolerate_slow_heartbeats()
   strategy = distribution.create_strategy()
   assert isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy), strategy
