@@ -647,6 +647,17 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
   def _head_depth(self):
     return 2 * self.query_depth + self.value_depth
 
+  @property
+  def _radius(self):
+    """r = (m - 1) / 2 of a local span m: a query sees the keys within r of it."""
+    return (self.span - 1) // 2
+
+  @property
+  def _block_size(self):
+    """Queries per block of the blocked plan: b = max(r, 1), so that a block and one
+    block on each side cover every key within r of the block's queries."""
+    return max(self._radius, 1)
+
   def build(self, input_shape):
     input_shape = tf.TensorShape(input_shape)
     if input_shape.rank != 4:
@@ -725,7 +736,7 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
       rows = offsets + (self.max_global_length - 1)
       valid = None
     else:
-      radius = (self.span - 1) // 2
+      radius = self._radius
       rows = tf.clip_by_value(offsets + radius, 0, self.span - 1)
       static = tf.get_static_value(length)
       # An axis of at most r + 1 positions puts every pair inside the band.
@@ -740,7 +751,7 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
     r = (m - 1) / 2. The window of block j is its own block and one block on each side,
     which covers every key within r of the block's queries because b >= r.
     """
-    block = max((self.span - 1) // 2, 1)
+    block = self._block_size
     num_blocks = (length + block - 1) // block
     padded = num_blocks * block
     # Keys/values: one block of zeros before, and enough after for the last window.
@@ -767,7 +778,7 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
     time.
     """
     dense = length < 2 * self.span
-    block = tf.where(dense, length, max((self.span - 1) // 2, 1))
+    block = tf.where(dense, length, self._block_size)
     halo = tf.where(dense, 0, block)
     num_blocks = (length + block - 1) // block
     padded = num_blocks * block
@@ -793,7 +804,7 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
       (rows `[block, window]`, valid `[blocks, 1, block, window]`, band
       `[block, window]`, key_inside `[blocks, window]`), the masks as float 0/1.
     """
-    radius = (self.span - 1) // 2
+    radius = self._radius
     query_in_block = tf.range(block)[:, None]
     key_in_window = tf.range(block + 2 * halo)[None, :]
     offsets = key_in_window - halo - query_in_block  # p - o, [block, window]
