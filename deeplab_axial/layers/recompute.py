@@ -21,6 +21,7 @@ must not pause another replica's forward pass.
 import tensorflow as tf
 import tf_keras
 
+from deeplab_axial.layers import replica_statistics
 from deeplab_axial.layers import scoped_flag
 
 # Marks a layer class whose moving-statistics updates obey `statistics_paused`.
@@ -46,9 +47,15 @@ class PausableBatchNormalization(tf_keras.layers.BatchNormalization):
   Inside `statistics_paused()` training mode still normalizes with the batch statistics
   but leaves the moving mean and variance alone. Same arguments, variables and variable
   names as the Keras layer, so checkpoints of either load into the other.
+  `synchronized=True` takes its statistics from `replica_statistics.replica_moments`.
   """
 
   pauses_in_recomputation = True
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    if self.synchronized:
+      replica_statistics.synchronize(self)
 
   def add_update(self, updates):
     # tf_keras batch normalization adds nothing but its moving mean/variance updates.

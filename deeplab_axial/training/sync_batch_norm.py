@@ -10,6 +10,7 @@ import tf_keras
 
 from deeplab_axial.layers import axial_attention
 from deeplab_axial.layers import recompute
+from deeplab_axial.layers import replica_statistics
 
 
 def configure_sync_batch_norm(model, strategy, enabled, jit_compile=False):
@@ -55,16 +56,16 @@ def configure_sync_batch_norm(model, strategy, enabled, jit_compile=False):
 def enable_sync_batch_norm(model):
   """Makes every batch norm in `model` use statistics of the whole global batch.
 
-  Each `tf_keras` batch normalization (including those nested in sub-models and custom
-  layers) and each `SimilarityBatchNormalization` of the axial-attention layers then
-  all-reduces its batch sum, squared sum and count across the replicas of the current
-  `tf.distribute` replica context in training mode, so the normalized outputs and the
-  moving statistics equal those of one device seeing the global batch. Outside a
-  multi-replica context the layers behave exactly as before.
+  In training mode each `tf_keras` batch normalization (including those nested in
+  sub-models and custom layers) then takes its mean and variance over the replicas of the
+  current `tf.distribute` replica context (`replica_statistics.synchronize`: per-replica
+  two-pass moments, one all-gather, combined without cancellation), and each
+  `SimilarityBatchNormalization` of the axial-attention layers all-reduces its sums, so
+  the normalized outputs and the moving statistics equal those of one device seeing the
+  global batch. Outside a multi-replica context the layers behave exactly as before.
 
-  tf_keras reads `synchronized` only on its non-fused path (the fused kernel computes
-  per-replica moments), so the fused kernel is switched off as well; inference then uses
-  the equivalent unfused formula with the moving statistics. One visible difference: the
+  The fused kernel (per-replica moments) is switched off; inference then uses the
+  equivalent unfused formula with the moving statistics. One visible difference: the
   fused kernel adds the unbiased batch variance to the moving variance, the unfused path
   the biased one (a factor (n - 1) / n, n = pixels per channel in the global batch).
 
@@ -92,8 +93,7 @@ def enable_sync_batch_norm(model):
         raise ValueError(f"batch norm layer {layer.name!r} has virtual_batch_size="
                          f"{layer.virtual_batch_size}; synchronized statistics need "
                          "virtual_batch_size=None")
-      layer.fused = False
-      layer.synchronized = True
+      replica_statistics.synchronize(layer)
       count += 1
     elif isinstance(layer, axial_attention.SimilarityBatchNormalization):
       layer.synchronized = True
