@@ -44,13 +44,13 @@ def convert_semantic_model(model, output_path=None, input_size=(513, 513), *,
   module.model_variables = list(model.variables)
   spec = tf.TensorSpec([1, height, width, 3], tf.float32, name="images")
 
-  @tf.function(input_signature=[spec])
+  @tf.function(input_signature=[spec], autograph=False)
   def semantic(images):
     logits = tf.cast(model(images, training=False)["semantic_logits"], tf.float32)
     return {"semantic": tf.argmax(logits, axis=-1, output_type=tf.int32),
             "semantic_probs": tf.nn.softmax(logits, axis=-1)}
 
-  @tf.function(input_signature=[spec])
+  @tf.function(input_signature=[spec], autograph=False)
   def panoptic(images):
     serving_module = saved_model.PanopticServingModule(model, serving)
     # pylint: disable=protected-access

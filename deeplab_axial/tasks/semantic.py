@@ -75,11 +75,12 @@ class SemanticTask(segmentation.SegmentationTask):
     dataset = self.augmented_dataset(input_context, generate_targets=False)
     ignore_crowd = self.config.dataset.targets.ignore_crowd_in_semantic
     with_boundary = self.head_type == "gated_scnn"
-    return dataset.map(
+    add_targets = pipeline.graph_map_fn(
         lambda batch: semantic_targets(batch, self.info,
                                        ignore_crowd_in_semantic=ignore_crowd,
-                                       with_boundary=with_boundary),
-        num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+                                       with_boundary=with_boundary))
+    return dataset.map(add_targets, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+        tf.data.AUTOTUNE)
 
   def create_evaluator(self, model_fn):
     return SemanticEvaluator(

@@ -119,8 +119,10 @@ class ServingModule(tf.Module):
     self.model_variables = list(model.variables)
     self._options = options
     # One tf.function shared by both signatures: they call it with the same input spec, so
-    # the model and post-processing are traced (and stored) once.
-    self._infer_fn = tf.function(self._infer, jit_compile=options.jit_compile or None)
+    # the model and post-processing are traced (and stored) once. Here and in the
+    # signatures, no autograph: tensor branches are tf.cond/tf.while_loop already.
+    self._infer_fn = tf.function(self._infer, jit_compile=options.jit_compile or None,
+                                 autograph=False)
 
   @property
   def options(self):
@@ -129,7 +131,7 @@ class ServingModule(tf.Module):
   # Signatures -------------------------------------------------------------------------
 
   @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8,
-                                              name="images")])
+                                              name="images")], autograph=False)
   def serve_images(self, images):
     """`serving_default`: uint8 `[batch, height, width, 3]` → outputs (module docstring)."""
     # The restored signature checks the dtype but not the shape; EnsureShape does, and its
@@ -150,7 +152,8 @@ class ServingModule(tf.Module):
     sizes = tf.tile(shape[None, 1:3], [shape[0], 1])
     return self._serve(floats, sizes)
 
-  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")],
+               autograph=False)
   def serve_image_bytes(self, image_bytes):
     """`serve_image_bytes`: string `[batch]` PNG/JPEG → outputs (module docstring)."""
     image_bytes = tf.ensure_shape(image_bytes, [None],
