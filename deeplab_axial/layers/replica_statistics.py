@@ -41,11 +41,13 @@ def replica_moments(inputs, axes, keepdims=False, mask=None):
   if mask is None:
     total = tf.reduce_sum(values, axes, keepdims=True)
     size = tf.reduce_prod(tf.gather(tf.shape(values), axes))
-    count = tf.fill(tf.shape(total), tf.cast(size, values.dtype))
+    # zeros_like + size keeps total's static shape (tf.fill would not): a gathered value
+    # of unknown shape costs collectives an extra round for the shapes.
+    count = tf.zeros_like(total) + tf.cast(size, values.dtype)
     mean = tf.math.divide_no_nan(total, count)  # 0, not NaN, on a replica with no data
     squared_deviations = tf.reduce_sum(tf.square(values - mean), axes, keepdims=True)
   else:
-    weights = tf.broadcast_to(_mask_weights(mask, values), tf.shape(values))
+    weights = tf.ones_like(values) * _mask_weights(mask, values)
     count = tf.reduce_sum(weights, axes, keepdims=True)
     mean = tf.math.divide_no_nan(tf.reduce_sum(weights * values, axes, keepdims=True),
                                  count)
@@ -54,7 +56,7 @@ def replica_moments(inputs, axes, keepdims=False, mask=None):
   # [replicas, 3, ...]: one collective instead of one all-reduce per statistic.
   local = tf.stack([count, mean, squared_deviations])
   gathered = context.all_gather(local[None], axis=0)
-  gathered.set_shape([None, *local.shape])  # collective ops (multi-worker) drop it
+  gathered.set_shape([None, *local.shape])  # multi-worker collectives drop it
   counts, means, deviations = tf.unstack(gathered, axis=1)
   total = tf.reduce_sum(counts, axis=0)
   mean = tf.math.divide_no_nan(tf.reduce_sum(counts * means, axis=0), total)
