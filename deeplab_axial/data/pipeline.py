@@ -37,6 +37,8 @@ def graph_map_fn(fn):
   adds nothing but time (~5 s of a shapes-demo training process, ~2 s of an evaluation).
   """
   return tf.autograph.experimental.do_not_convert(fn)
+
+
 DEFAULT_TARGET_OPTIONS = {"sigma": 8.0, "small_instance_area": 4096,
                           "small_instance_weight": 3.0}
 
@@ -381,7 +383,8 @@ def build_panoptic_dataset(file_pattern, dataset_info: datasets.DatasetInfo, *,
             "height": example["height"], "width": example["width"],
             "image_id": example["image_id"], "image_name": example["image_name"]}
 
-  dataset = records.map(graph_map_fn(decode), num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+  dataset = records.map(graph_map_fn(decode), num_parallel_calls=AUTOTUNE,
+                        deterministic=deterministic)
   if cache:
     dataset = dataset.cache()
   if is_training:
@@ -436,7 +439,8 @@ def build_panoptic_dataset(file_pattern, dataset_info: datasets.DatasetInfo, *,
       example = dict(example, image=image, panoptic=panoptic)
       return add_targets(example)
 
-    dataset = dataset.map(graph_map_fn(prepare_eval), num_parallel_calls=AUTOTUNE, deterministic=True)
+    dataset = dataset.map(graph_map_fn(prepare_eval), num_parallel_calls=AUTOTUNE,
+                          deterministic=True)
     if crop_size is not None and not resize_long_side:
       dataset = dataset.batch(per_replica_batch, drop_remainder=False)
     else:
@@ -568,7 +572,8 @@ def build_classification_dataset(file_pattern, *, is_training: bool, batch_size:
       label = tf.identity(label)
     return {"image": example["image"], "label": label}
 
-  dataset = records.map(graph_map_fn(decode), num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+  dataset = records.map(graph_map_fn(decode), num_parallel_calls=AUTOTUNE,
+                        deterministic=deterministic)
   if cache:
     dataset = dataset.cache()
   if is_training:
@@ -609,7 +614,8 @@ def build_classification_dataset(file_pattern, *, is_training: bool, batch_size:
       return finish(resize_and_center_crop(example["image"], image_size, resize_size),
                     example["label"])
 
-    dataset = dataset.map(graph_map_fn(center_crop), num_parallel_calls=AUTOTUNE, deterministic=True)
+    dataset = dataset.map(graph_map_fn(center_crop), num_parallel_calls=AUTOTUNE,
+                          deterministic=True)
   dataset = dataset.batch(per_replica_batch, drop_remainder=is_training)
   return dataset.prefetch(AUTOTUNE).with_options(
       _options(deterministic, sharded_by_us=input_context is not None))

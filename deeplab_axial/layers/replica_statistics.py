@@ -87,7 +87,9 @@ def synchronize(batch_norm):
                     f"{type(batch_norm).__name__}")
   batch_norm.fused = False
   batch_norm.synchronized = True
-  batch_norm._calculate_mean_and_var = types.MethodType(_replica_mean_and_var, batch_norm)  # pylint: disable=protected-access
+  # The hook tf_keras' `_moments` calls for the training statistics.
+  batch_norm._calculate_mean_and_var = types.MethodType(  # pylint: disable=protected-access
+      _replica_mean_and_var, batch_norm)
 
 
 def _replica_mean_and_var(layer, inputs, reduction_axes, keep_dims, mask=None):
