@@ -915,7 +915,7 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
       raise ValueError(f"{type(self).__name__} expects a 4-D [batch, height, width, "
                        f"channels] input, got shape {inputs.shape}.")
     x = self._to_sequences(inputs)  # [b, other, length, c]
-    batch, other, dynamic_length, channels = tf.unstack(tf.shape(x), num=4)
+    batch, other, dynamic_length, _ = tf.unstack(tf.shape(x), num=4)
     # A Python int when the length is static, so that the path is chosen at trace time.
     length = x.shape[2] if x.shape[2] is not None else dynamic_length
     checks = self._check_length(length)
@@ -925,7 +925,8 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
     # A 2-D matmul, not an einsum: its gradients are matmuls with transposed operands
     # where the einsum's transposed copies (15-25% of the projection's training step at
     # Axial-ResNet-S's stages).
-    qkv = tf.matmul(tf.reshape(x, [-1, channels]), self.qkv_kernel, name="qkv_projection")
+    qkv = tf.matmul(tf.reshape(x, [-1, self.qkv_kernel.shape[0]]), self.qkv_kernel,
+                    name="qkv_projection")
     qkv = tf.reshape(qkv, [batch, other, length, self.num_heads * self._head_depth])
     if self.use_batch_norm:
       qkv = self.qkv_batch_norm(qkv, training=training)
