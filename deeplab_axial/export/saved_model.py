@@ -66,6 +66,10 @@ from deeplab_axial.tasks.serving import ServingOptions
 from deeplab_axial.tasks.serving import padded_length
 
 METADATA_FILE = os.path.join("assets.extra", "deeplab_axial_export.json")
+# A served model is not differentiated. Saving the gradients of the attention's custom
+# gradient contractions (TF's default) traced each of them again and took two thirds of
+# the demo model's export time (benchmarks/README.md, "Export time").
+_SAVE_OPTIONS = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
 
 
 def next_version(output_dir):
@@ -150,7 +154,8 @@ def export_saved_model(model, output_dir, *, version=None, overwrite=False,
   module = task.serving_module(model, serving) if task else PanopticServingModule(
       model, serving)
   try:
-    tf.saved_model.save(module, temp_dir, signatures=module.signatures())
+    tf.saved_model.save(module, temp_dir, signatures=module.signature_functions(),
+                        options=_SAVE_OPTIONS)
     tf.io.gfile.makedirs(os.path.join(temp_dir, os.path.dirname(METADATA_FILE)))
     with tf.io.gfile.GFile(os.path.join(temp_dir, METADATA_FILE), "w") as f:
       json.dump(_metadata(serving, dataset_info, metadata, model, module.TASK), f, indent=1)

@@ -121,8 +121,11 @@ class ServingModule(tf.Module):
     # One tf.function shared by both signatures: they call it with the same input spec, so
     # the model and post-processing are traced (and stored) once. Here and in the
     # signatures, no autograph: tensor branches are tf.cond/tf.while_loop already.
-    self._infer_fn = tf.function(self._infer, jit_compile=options.jit_compile or None,
-                                 autograph=False)
+    infer_fn = tf.function(self._infer, jit_compile=options.jit_compile or None,
+                           autograph=False)
+    # Held in a closure: tf.saved_model.save traces a tf.function attribute once more as a
+    # function of the object graph (the whole model again, ~10 s for the demo's).
+    self._infer_fn = lambda images: infer_fn(images)
 
   @property
   def options(self):
@@ -184,10 +187,16 @@ class ServingModule(tf.Module):
     images = ragged.to_tensor(default_value=self._options.pad_value)
     return self._serve(images, sizes)
 
+  def signature_functions(self):
+    """{signature name: its `tf.function`}: what to pass to
+    `tf.saved_model.save(..., signatures=...)`, which then traces each once, inside its
+    save context (functions traced before it are traced again there)."""
+    return {DEFAULT_SIGNATURE: self.serve_images, BYTES_SIGNATURE: self.serve_image_bytes}
+
   def signatures(self):
-    """The dict to pass to `tf.saved_model.save(..., signatures=...)`."""
-    return {DEFAULT_SIGNATURE: self.serve_images.get_concrete_function(),
-            BYTES_SIGNATURE: self.serve_image_bytes.get_concrete_function()}
+    """{signature name: its concrete function} (traced now)."""
+    return {name: function.get_concrete_function()
+            for name, function in self.signature_functions().items()}
 
   # Graph pieces -----------------------------------------------------------------------
 

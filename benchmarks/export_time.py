@@ -1,0 +1,79 @@
+r"""Export time: our SavedModel export vs `tf.saved_model.save` with TF's defaults.
+
+  python benchmarks/export_time.py [--config=configs/shapes/axial_deeplab_demo.textproto]
+                                   [--rounds=2]
+
+Both variants save the same serving module (the config's model, random weights, both
+signatures) and run in a fresh process each (tracing caches and lazy imports would
+otherwise favour the second), alternated `--rounds` times; the best of each is kept:
+* baseline: `tf.saved_model.save(module, dir, signatures=module.signatures())`, TF's
+  default `SaveOptions` (which trace and store the gradient of every custom-gradient op)
+  with the signatures traced before the save (which traces them again in its context);
+* ours: `deeplab_axial.export.export_saved_model` (what `trainer/export.py` runs).
+Prints the seconds of each (model build excluded) and the ratio ours / baseline.
+"""
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_DEFAULT_CONFIG = os.path.join(_REPO, "configs", "shapes", "axial_deeplab_demo.textproto")
+
+
+def _export_once(config_path, variant, output_dir):
+  """Builds the config's model and exports it with `variant`; returns the export's
+  seconds."""
+  os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from deeplab_axial import config as config_lib  # pylint: disable=import-outside-toplevel
+  from deeplab_axial import tasks  # pylint: disable=import-outside-toplevel
+  from deeplab_axial.data import datasets  # pylint: disable=import-outside-toplevel
+  from deeplab_axial.export import saved_model  # pylint: disable=import-outside-toplevel
+  config = config_lib.load_config(config_path)
+  info = datasets.dataset_info_from_config(config.dataset)
+  task = tasks.create_task(config, info)
+  model = task.build_model()
+  options = saved_model.serving_options_from_config(config, info)
+  start = time.perf_counter()
+  if variant == "baseline":
+    module = task.serving_module(model, options)
+    tf.saved_model.save(module, output_dir, signatures=module.signatures())
+  else:
+    saved_model.export_saved_model(model, output_dir, version=1, serving=options,
+                                   task=task, dataset_info=info)
+  return time.perf_counter() - start
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--config", default=_DEFAULT_CONFIG)
+  parser.add_argument("--rounds", type=int, default=2)
+  parser.add_argument("--child", choices=("baseline", "ours"), help=argparse.SUPPRESS)
+  parser.add_argument("--output_dir", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.child:
+    print(f"{_export_once(args.config, args.child, args.output_dir):.2f}")
+    return
+  best = {}
+  for round_index in range(args.rounds):
+    for variant in ("baseline", "ours"):
+      with tempfile.TemporaryDirectory() as output_dir:
+        result = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), f"--config={args.config}",
+             f"--child={variant}", f"--output_dir={output_dir}/export"],
+            capture_output=True, text=True, check=False)
+      if result.returncode != 0:
+        sys.exit(f"{variant} failed:\n{result.stderr[-3000:]}")
+      seconds = float(result.stdout.strip().splitlines()[-1])
+      print(f"round {round_index + 1}: {variant:8s} {seconds:6.1f} s", flush=True)
+      best[variant] = min(best.get(variant, float("inf")), seconds)
+  print(f"\n{os.path.relpath(args.config, _REPO)}: baseline {best['baseline']:.1f} s, "
+        f"ours {best['ours']:.1f} s, ours / baseline {best['ours'] / best['baseline']:.2f}")
+
+
+if __name__ == "__main__":
+  main()
