@@ -3,6 +3,8 @@ import json
 import os
 import socket
 import subprocess
+import tempfile
+import time
 
 import numpy as np
 
@@ -83,10 +85,12 @@ def run_local_cluster(commands, timeout_s):
 
   Args:
     commands: one argv list per worker; worker `i` gets task index `i` (0 is the chief).
-    timeout_s: how long to wait for each worker.
+    timeout_s: how long to wait for the workers.
 
   Returns:
-    [(returncode, stdout + stderr)] of each worker, in order.
+    [(returncode, stdout + stderr)] of each worker, in order. When a worker fails, the
+    others (which would wait for it until the timeout) are killed at once, and their
+    output ends with a line naming the worker that failed first.
   """
   workers = [f"{_LOOPBACK}:{_free_port()}" for _ in commands]
   processes = []
@@ -97,18 +101,35 @@ def run_local_cluster(commands, timeout_s):
     # Workers import this checkout (`deeplab_axial`, `tests`), as pytest does.
     env["PYTHONPATH"] = os.pathsep.join(
         [_REPO] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    processes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
-  results = []
+    # Files, not pipes: the workers are polled together, and a full pipe would block one.
+    log = tempfile.TemporaryFile(mode="w+")
+    processes.append((subprocess.Popen(command, env=env, stdout=log,
+                                       stderr=subprocess.STDOUT, text=True), log))
+  deadline = time.monotonic() + timeout_s
+  reason = f"timed out after {timeout_s} s"
   try:
-    for process in processes:
-      output, _ = process.communicate(timeout=timeout_s)
-      results.append((process.returncode, output))
+    while any(process.poll() is None for process, _ in processes):
+      failed = [index for index, (process, _) in enumerate(processes)
+                if process.poll() not in (None, 0)]
+      if failed:
+        reason = f"worker {failed[0]} exited with code {processes[failed[0]][0].poll()}"
+        break
+      if time.monotonic() > deadline:
+        break
+      time.sleep(0.5)
   finally:
-    for process in processes:
+    for process, _ in processes:
       if process.poll() is None:
         process.kill()
         process.wait()
+  results = []
+  for process, log in processes:
+    log.seek(0)
+    output = log.read()
+    log.close()
+    if process.returncode < 0:
+      output += f"\n[killed by run_local_cluster: {reason}]\n"
+    results.append((process.returncode, output))
   return results
 
 
