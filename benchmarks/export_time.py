@@ -10,6 +10,8 @@ otherwise favour the second), alternated `--rounds` times; the best of each is k
   default `SaveOptions` (which trace and store the gradient of every custom-gradient op)
   with the signatures traced before the save (which traces them again in its context);
 * ours: `deeplab_axial.export.export_saved_model` (what `trainer/export.py` runs).
+Both use the same serving module, so what it does itself (holding the shared inference
+function in a closure, not as an attribute the save would trace again) is in both.
 Prints the seconds of each (model build excluded) and the ratio ours / baseline.
 """
 import argparse

@@ -107,27 +107,29 @@ def run_local_cluster(commands, timeout_s):
                                        stderr=subprocess.STDOUT, text=True), log))
   deadline = time.monotonic() + timeout_s
   reason = f"timed out after {timeout_s} s"
+  killed = set()
   try:
     while any(process.poll() is None for process, _ in processes):
-      failed = [index for index, (process, _) in enumerate(processes)
+      failed = [(index, process.poll()) for index, (process, _) in enumerate(processes)
                 if process.poll() not in (None, 0)]
       if failed:
-        reason = f"worker {failed[0]} exited with code {processes[failed[0]][0].poll()}"
+        reason = "worker {} exited with code {}".format(*failed[0])
         break
       if time.monotonic() > deadline:
         break
       time.sleep(0.5)
   finally:
-    for process, _ in processes:
+    for index, (process, _) in enumerate(processes):
       if process.poll() is None:
         process.kill()
         process.wait()
+        killed.add(index)
   results = []
-  for process, log in processes:
+  for index, (process, log) in enumerate(processes):
     log.seek(0)
     output = log.read()
     log.close()
-    if process.returncode < 0:
+    if index in killed:
       output += f"\n[killed by run_local_cluster: {reason}]\n"
     results.append((process.returncode, output))
   return results

@@ -68,7 +68,7 @@ from deeplab_axial.tasks.serving import padded_length
 METADATA_FILE = os.path.join("assets.extra", "deeplab_axial_export.json")
 # A served model is not differentiated. Saving the gradients of the attention's custom
 # gradient contractions (TF's default) traced each of them again and took two thirds of
-# the demo model's export time (benchmarks/README.md, "Export time").
+# the save of the demo model (benchmarks/README.md, "Export time").
 _SAVE_OPTIONS = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
 
 
