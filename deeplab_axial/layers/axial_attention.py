@@ -259,7 +259,7 @@ def _masked_content_sums(q, k, valid, dtype, fused):
   def content_term(q, k):
     return tf.cast(tf.einsum("sjihd,sjwhd->sjhiw", q, k, name="content_statistics"), dtype)
 
-  @tf.custom_gradient
+  @fused_attention.custom_gradient_unless_saving
   def sums(q, k):
     masked = content_term(q, k) * valid
     shape = tf.unstack(tf.shape(masked), num=5)
@@ -313,7 +313,7 @@ def _relative_logits(x, table, by_key):
                       [shape[2], shape[0] * shape[1] * shape[3], shape[4]])
   table_rows = tf.transpose(table, [1, 0, 2]) if by_key else table  # [B, other, d]
 
-  @tf.custom_gradient
+  @fused_attention.custom_gradient_unless_saving
   def contract(x_rows, table_rows):
     logits = tf.matmul(x_rows, table_rows, transpose_b=True)  # [B, s*j*h, other]
     logits = tf.reshape(logits, [shape[2], shape[0], shape[1], shape[3], -1])
@@ -343,7 +343,7 @@ def _retrieve_relative(weights, table):
     return tf.reshape(tf.transpose(tensor, [3, 0, 1, 2, 4]),
                       [shape[3], shape[0] * shape[1] * shape[2], shape[4]])
 
-  @tf.custom_gradient
+  @fused_attention.custom_gradient_unless_saving
   def contract(weights, table):
     rows = tf.matmul(queries_first(weights), table)  # [i, s*j*h, d]
     rows = tf.reshape(rows, [shape[3], shape[0], shape[1], shape[2], -1])
@@ -425,7 +425,7 @@ def _gram_statistics_with_tf_ops(q, k, r_q_sum, r_q_gram, r_k_sum, r_k_gram,
   ~10% of Axial-ResNet-S's training step.
   """
 
-  @tf.custom_gradient
+  @fused_attention.custom_gradient_unless_saving
   def statistics(q, k, r_q_sum, r_q_gram, r_k_sum, r_k_gram):
     q_gram_over_sequences = tf.einsum("sjihd,sjihe->jihde", q, q)
     k_gram_over_sequences = tf.einsum("sjwhd,sjwhe->jwhde", k, k)
