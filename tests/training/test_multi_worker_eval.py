@@ -4,8 +4,8 @@ Each test runs experiments in a 2-worker cluster (`TF_CONFIG` on loopback, one C
 per worker), then evaluates the chief's checkpoint in this process with one replica and
 compares every metric. The panoptic model is first trained briefly here on one replica
 (it then segments the classes, mIoU > 0, and writes predictions with segments, compared
-byte for byte); the workers resume that checkpoint (1 replica -> 2 workers), train 2 more
-steps and evaluate. The val split (5 images) is not a multiple of the global eval batch
+byte for byte); the workers evaluate that checkpoint (`eval` mode: 2-worker training is
+tests/training/test_multi_worker.py's, and tracing its step cost each worker ~40 s). The val split (5 images) is not a multiple of the global eval batch
 (4 = 2 per worker), so the last batch holds one real image on worker 0 and none on worker
 1: `num_images` (counted on the replicas from `valid`, summed over workers) must be 5.
 
@@ -118,12 +118,12 @@ def test_panoptic_pq_miou_ap_and_predictions_on_two_workers_equal_one_worker(
   from deeplab_axial.training import experiment  # pylint: disable=import-outside-toplevel
   model_dir = tmp_path / "model"
   _pretrain_on_one_replica(shapes_records, model_dir)
-  final_step = _PRETRAIN_STEPS + 2
+  final_step = _PRETRAIN_STEPS
   config_text = _demo_config_text(shapes_records, [
       *_PRETRAIN_OVERRIDES, "eval.metrics: ['pq', 'miou', 'ap']",
       "eval.save_predictions: true"], steps=final_step)
   workers, logs = _run_workers(tmp_path, [{"name": "panoptic", "config": config_text,
-                                           "mode": "train_and_eval",
+                                           "mode": "eval",
                                            "model_dir": str(model_dir)}])
   expected, reference_dir = _evaluate_on_one_worker(config_text, model_dir,
                                                     tmp_path / "reference")
