@@ -16,10 +16,10 @@ Prints the seconds of each (model build excluded) and the ratio ours / baseline.
 """
 import argparse
 import os
-import subprocess
-import sys
 import tempfile
 import time
+
+import fresh_processes  # benchmarks/, the script's own directory
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _DEFAULT_CONFIG = os.path.join(_REPO, "configs", "shapes", "axial_deeplab_demo.textproto")
@@ -58,21 +58,15 @@ def main():
   parser.add_argument("--output_dir", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
-    print(f"{_export_once(args.config, args.child, args.output_dir):.2f}")
+    # Each child writes to a directory of its own under the parent's temporary one.
+    output_dir = os.path.join(args.output_dir, f"{args.child}_{os.getpid()}")
+    print(f"{_export_once(args.config, args.child, output_dir):.2f}")
     return
-  best = {}
-  for round_index in range(args.rounds):
-    for variant in ("baseline", "ours"):
-      with tempfile.TemporaryDirectory() as output_dir:
-        result = subprocess.run(
-            [sys.executable, os.path.abspath(__file__), f"--config={args.config}",
-             f"--child={variant}", f"--output_dir={output_dir}/export"],
-            capture_output=True, text=True, check=False)
-      if result.returncode != 0:
-        sys.exit(f"{variant} failed:\n{result.stderr[-3000:]}")
-      seconds = float(result.stdout.strip().splitlines()[-1])
-      print(f"round {round_index + 1}: {variant:8s} {seconds:6.1f} s", flush=True)
-      best[variant] = min(best.get(variant, float("inf")), seconds)
+  with tempfile.TemporaryDirectory() as output_dir:
+    best = fresh_processes.best_seconds(
+        os.path.abspath(__file__),
+        [f"--config={args.config}", f"--output_dir={output_dir}"],
+        ("baseline", "ours"), args.rounds)
   print(f"\n{os.path.relpath(args.config, _REPO)}: baseline {best['baseline']:.1f} s, "
         f"ours {best['ours']:.1f} s, ours / baseline {best['ours'] / best['baseline']:.2f}")
 

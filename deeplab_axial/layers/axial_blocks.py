@@ -120,7 +120,7 @@ class AxialAttention2D(tf_keras.layers.Layer):
 
 
 @tf_keras.saving.register_keras_serializable(package="deeplab_axial")
-class AxialBlock(tf_keras.layers.Layer):
+class AxialBlock(graph_code.OutputSpecFromShape, tf_keras.layers.Layer):
   """Axial-ResNet bottleneck: the 3x3 conv of a ResNet bottleneck replaced by 2-D axial
   attention (AD §3.2, Fig. 2; official PyTorch `AxialBlock`).
 

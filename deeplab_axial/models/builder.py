@@ -25,9 +25,9 @@ under the name "backbone" so that `train.init_modules: "backbone"` can restore i
 """
 import tf_keras
 
+from deeplab_axial.layers import graph_code
 from deeplab_axial.models import catalogue
 from deeplab_axial.models import context_heads
-from deeplab_axial.models import nested
 from deeplab_axial.models.backbones import axial_resnet
 from deeplab_axial.models.backbones import resnet
 from deeplab_axial.models.gated_scnn import gated_scnn
@@ -143,7 +143,7 @@ def build_semantic_deeplab(model_options, num_classes):
   decoder = model_options.decoder
   backbone = _backbone_of(model_options)
   images = tf_keras.Input(shape=(None, None, 3), name="images")
-  features = nested.call_nested(backbone, _normalization()(images))
+  features = graph_code.call_nested(backbone, _normalization()(images))
   x = PanopticDeepLabDecoder(decoder.semantic_decoder_channels,
                              tuple(decoder.semantic_low_level_projections),
                              name="semantic_decoder", **_decoder_args(model_options))(features)
@@ -182,7 +182,7 @@ def build_gated_scnn(model_options, num_classes):
   backbone = _backbone_of(model_options)
   normalize = _normalization()
   return gated_scnn(
-      lambda images: nested.call_nested(backbone, normalize(images)), num_classes,
+      lambda images: graph_code.call_nested(backbone, normalize(images)), num_classes,
       shape_stream_filters=tuple(options.shape_stream_filters),
       aspp_filters=options.aspp_filters, atrous_rates=tuple(options.atrous_rates),
       decoder_filters=options.decoder_filters, low_level_filters=options.low_level_filters,
@@ -232,7 +232,7 @@ def build_classifier(model_options, num_classes):
   """
   backbone = _backbone_of(model_options)
   images = tf_keras.Input(shape=(None, None, 3), name="images")
-  features = nested.call_nested(backbone, _normalization()(images))
+  features = graph_code.call_nested(backbone, _normalization()(images))
   x = tf_keras.layers.GlobalAveragePooling2D(name="global_pool")(features["res5"])
   if model_options.classifier_dropout:
     x = tf_keras.layers.Dropout(model_options.classifier_dropout, name="dropout")(x)

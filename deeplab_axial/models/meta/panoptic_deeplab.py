@@ -16,7 +16,6 @@ import tf_keras
 from deeplab_axial.layers import convolutions
 from deeplab_axial.layers import graph_code
 from deeplab_axial.models import catalogue
-from deeplab_axial.models import nested
 from deeplab_axial.models.backbones import resnet
 
 _PACKAGE = "deeplab_axial"
@@ -267,7 +266,7 @@ def backbone_endpoints(backbone, input_shape=None, normalize_input=True):
   x = images
   if normalize_input:
     x = tf_keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalize")(x)
-  endpoints = nested.call_nested(backbone, x)
+  endpoints = graph_code.call_nested(backbone, x)
   if not isinstance(endpoints, dict):
     raise ValueError(f"`backbone` {backbone.name!r} must return a dict of endpoints, got "
                      f"{type(endpoints).__name__}; build it with num_classes=None.")
