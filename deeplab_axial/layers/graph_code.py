@@ -15,9 +15,10 @@ as the decorator's target keeps `training` and the argument list visible.
 
 Building a functional model, Keras infers each layer's output by tracing its `call` on
 placeholders in a scratch graph (`Layer._infer_output_signature`), and a nested model's
-by tracing every layer of it again. Measured on the shapes demo model (13.0 s to build):
-the backbone traced a second time inside the task model took 5.8 s (`call_nested` skips
-it) and the axial blocks' scratch traces ~2.5 s of the rest (`OutputSpecFromShape`).
+by tracing every layer of it again. Measured on the shapes demo model (one build each,
+AVX2 machine): 13.0 s with Keras' traces, 6.9 s when `call_nested` skips the backbone's
+second trace inside the task model, 2.1 s when `OutputSpecFromShape` also skips the
+axial blocks' scratch traces (`benchmarks/build_time.py` compares the two ends).
 """
 import tensorflow as tf
 from tf_keras.src.engine import keras_tensor
