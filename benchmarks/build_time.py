@@ -12,15 +12,10 @@ alternated `--rounds` times; the best of each is kept:
 * ours: the library as it is.
 Prints the seconds of each (imports excluded) and the ratio ours / baseline.
 """
-import argparse
 import os
 import time
 
 import fresh_processes  # benchmarks/, the script's own directory
-
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_DEFAULT_CONFIG = os.path.join(_REPO, "configs", "shapes", "axial_deeplab_demo.textproto")
-
 
 def _build_once(config_path, variant):
   """Builds the config's model with `variant`; returns the build's seconds."""
@@ -43,19 +38,12 @@ def _build_once(config_path, variant):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--config", default=_DEFAULT_CONFIG)
-  parser.add_argument("--rounds", type=int, default=2)
-  parser.add_argument("--child", choices=("baseline", "ours"), help=argparse.SUPPRESS)
-  args = parser.parse_args()
+  args = fresh_processes.argument_parser(__doc__.split("\n")[0]).parse_args()
   if args.child:
     print(f"{_build_once(args.config, args.child):.2f}")
     return
-  best = fresh_processes.best_seconds(os.path.abspath(__file__), [f"--config={args.config}"],
-                                      ("baseline", "ours"), args.rounds)
-  print(f"\n{os.path.relpath(args.config, _REPO)}: baseline {best['baseline']:.1f} s, "
-        f"ours {best['ours']:.1f} s, ours / baseline {best['ours'] / best['baseline']:.2f}")
-
+  fresh_processes.compare(os.path.abspath(__file__), [f"--config={args.config}"],
+                          args.config, args.rounds)
 
 if __name__ == "__main__":
   main()

@@ -21,10 +21,6 @@ import time
 
 import fresh_processes  # benchmarks/, the script's own directory
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_DEFAULT_CONFIG = os.path.join(_REPO, "configs", "shapes", "axial_deeplab_demo.textproto")
-
-
 def _export_once(config_path, variant, output_dir):
   """Builds the config's model and exports it with `variant`; returns the export's
   seconds."""
@@ -51,10 +47,7 @@ def _export_once(config_path, variant, output_dir):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--config", default=_DEFAULT_CONFIG)
-  parser.add_argument("--rounds", type=int, default=2)
-  parser.add_argument("--child", choices=("baseline", "ours"), help=argparse.SUPPRESS)
+  parser = fresh_processes.argument_parser(__doc__.split("\n")[0])
   parser.add_argument("--output_dir", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
@@ -63,13 +56,9 @@ def main():
     print(f"{_export_once(args.config, args.child, output_dir):.2f}")
     return
   with tempfile.TemporaryDirectory() as output_dir:
-    best = fresh_processes.best_seconds(
-        os.path.abspath(__file__),
-        [f"--config={args.config}", f"--output_dir={output_dir}"],
-        ("baseline", "ours"), args.rounds)
-  print(f"\n{os.path.relpath(args.config, _REPO)}: baseline {best['baseline']:.1f} s, "
-        f"ours {best['ours']:.1f} s, ours / baseline {best['ours'] / best['baseline']:.2f}")
-
+    fresh_processes.compare(os.path.abspath(__file__),
+                            [f"--config={args.config}", f"--output_dir={output_dir}"],
+                            args.config, args.rounds)
 
 if __name__ == "__main__":
   main()

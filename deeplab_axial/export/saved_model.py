@@ -66,9 +66,10 @@ from deeplab_axial.tasks.serving import ServingOptions
 from deeplab_axial.tasks.serving import padded_length
 
 METADATA_FILE = os.path.join("assets.extra", "deeplab_axial_export.json")
-# A served model is not differentiated. Saving the gradients of the attention's custom
-# gradient contractions (TF's default) traced each of them again and took two thirds of
-# the save of the demo model (benchmarks/README.md, "Export time").
+# A served model is not differentiated. The attention layers trace no custom gradient in
+# a save context (fused_attention.custom_gradient_unless_saving); this keeps TF from
+# tracing and storing those of any other layer (TF's default, which took two thirds of
+# the demo model's save for the attention before; benchmarks/README.md, "Export time").
 _SAVE_OPTIONS = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
 
 

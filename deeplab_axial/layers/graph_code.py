@@ -15,10 +15,9 @@ as the decorator's target keeps `training` and the argument list visible.
 
 Building a functional model, Keras infers each layer's output by tracing its `call` on
 placeholders in a scratch graph (`Layer._infer_output_signature`), and a nested model's
-by tracing every layer of it again. Measured on the shapes demo model (one build each,
-AVX2 machine): 13.0 s with Keras' traces, 6.9 s when `call_nested` skips the backbone's
-second trace inside the task model, 2.1 s when `OutputSpecFromShape` also skips the
-axial blocks' scratch traces (`benchmarks/build_time.py` compares the two ends).
+by tracing every layer of it again. `call_nested` skips the backbone's second trace
+inside the task model and `OutputSpecFromShape` the axial blocks' scratch traces: the
+shapes demo model builds in 1.9 s instead of 7.2 s (`benchmarks/build_time.py`, AVX2).
 """
 import tensorflow as tf
 from tf_keras.src.engine import keras_tensor
