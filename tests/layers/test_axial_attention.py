@@ -364,13 +364,15 @@ def test_saved_training_call_is_differentiable_like_the_layer(axis, span, tmp_pa
       tape.watch(x)
       outputs = call(x)
       loss = tf.reduce_sum(outputs * tf.cos(outputs))
-    return [loss] + [tf.convert_to_tensor(g) for g in tape.gradient(loss, [x] + variables)]
+    # The outputs, not the loss: a sum of 576 terms that cancel to ~1 differs by a few
+    # 1e-5 between float orders (the fused kernel's and the saved TF ops').
+    return [outputs] + [tf.convert_to_tensor(g) for g in tape.gradient(loss, [x] + variables)]
 
   live = loss_and_gradients(lambda inputs: layer(inputs, training=True),
                             [layer.qkv_kernel, layer.relative_embeddings])
   restored = loss_and_gradients(loaded.train_call, [loaded.layer.qkv_kernel,
                                                     loaded.layer.relative_embeddings])
-  for name, actual, expected in zip(["loss", "inputs", "qkv", "table"], restored, live):
+  for name, actual, expected in zip(["outputs", "inputs", "qkv", "table"], restored, live):
     scale = np.max(np.abs(expected.numpy()))
     np.testing.assert_allclose(actual.numpy() / scale, expected.numpy() / scale,
                                atol=1e-5, err_msg=name)

@@ -100,6 +100,63 @@ def test_kernel_backward_matches_numeric_gradient_of_numpy_reference():
                                rtol=1e-3, atol=1e-4, err_msg=f"operand {index}")
 
 
+def _band_masks(length=45, radius=4):
+  """0/1 [3, length, length] masks of a local span: the band alone, the band with the last
+  keys outside the axis, the band with the first keys outside (every query keeps a key).
+
+  Longer than the widest vector (16 lanes), so that the kernels' lane groups of queries
+  and of keys see different key and query ranges, and skip the pairs outside them.
+  """
+  offsets = np.arange(length)[None, :] - np.arange(length)[:, None]
+  band = (np.abs(offsets) <= radius).astype(np.float64)
+  masks = np.stack([band, band, band])
+  masks[1, :, length - 3:] = 0.0
+  masks[2, :, :3] = 0.0
+  assert masks.sum(-1).min() > 0
+  return masks
+
+
+def _reference_with_tf(q, k, rq, rk, v, rv, scales, bias):
+  """`_reference`'s (content, position) in float64 TF ops, for autodiff."""
+  logits = (scales[0][:, None, None] * tf.einsum("nihd,nwhd->nhiw", q, k)
+            + scales[1][:, None, None] * tf.einsum("nihd,iwd->nhiw", q, rq)
+            + scales[2][:, None, None] * tf.einsum("nwhd,iwd->nhiw", k, rk))
+  logits += tf.gather(bias, tf.range(tf.shape(q)[0]) % tf.shape(bias)[0])[:, None]
+  weights = tf.nn.softmax(logits)
+  return (tf.einsum("nhiw,nwhd->nihd", weights, v),
+          tf.einsum("nhiw,iwd->nihd", weights, rv))
+
+
+@needs_kernel
+def test_kernel_skips_band_masked_pairs_without_changing_results():
+  """A local span's masks: forward against NumPy, backward against float64 autodiff of
+  the same formula."""
+  rng = np.random.default_rng(11)
+  masks = _band_masks()
+  length = masks.shape[-1]
+  operands = _operands(rng, n=6, i=length, w=length, h=2, dq=3, dv=4, blocks=3)[:-1]
+  operands.append(np.where(masks > 0, 0.1 * rng.normal(size=masks.shape), _MASKED))
+  ops = fused_attention.load_library()
+  as_float32 = [tf.constant(x, tf.float32) for x in operands]
+  content, position, normalizer = ops.deeplab_axial_attention_forward(*as_float32)
+  for actual, wanted in zip((content, position, normalizer), _reference(*operands)):
+    np.testing.assert_allclose(actual.numpy(), wanted, rtol=1e-4, atol=1e-4)
+
+  upstream = [rng.normal(size=content.shape) for _ in range(2)]
+  as_float64 = [tf.constant(x, tf.float64) for x in operands]
+  with tf.GradientTape() as tape:
+    tape.watch(as_float64[:-1])
+    outputs = _reference_with_tf(*as_float64)
+    loss = sum(tf.reduce_sum(x * u) for x, u in zip(outputs, upstream))
+  expected = tape.gradient(loss, as_float64[:-1])
+  gradients = ops.deeplab_axial_attention_backward(
+      *as_float32, normalizer, *[tf.constant(u, tf.float32) for u in upstream])
+  for index, (gradient, wanted) in enumerate(zip(gradients, expected)):
+    scale = np.max(np.abs(wanted.numpy()))
+    np.testing.assert_allclose(gradient.numpy() / scale, wanted.numpy() / scale, atol=1e-5,
+                               err_msg=f"operand {index}")
+
+
 @needs_kernel
 @pytest.mark.parametrize("index,change", [(2, lambda t: t[:, :-1]),   # rq: a key short
                                           (6, lambda t: t[:, :1]),    # scales: one head
@@ -218,6 +275,39 @@ def test_masked_content_kernel_matches_per_pair_sums_and_numeric_gradient():
   for index, gradient in enumerate(tape.gradient(weighted, as_float32)):
     np.testing.assert_allclose(gradient.numpy(), _numeric_gradient(loss, [q, k], index),
                                rtol=1e-3, atol=1e-3, err_msg=f"operand {index}")
+
+
+@needs_kernel
+def test_masked_content_kernel_skips_band_masked_pairs_without_changing_results():
+  rng = np.random.default_rng(12)
+  weights = _band_masks()
+  length = weights.shape[-1]
+  q = rng.normal(size=(2, 3, length, 2, 3))
+  k = rng.normal(size=(2, 3, length, 2, 3))
+  upstream = rng.normal(size=(2, 2))
+  as_float64 = [tf.constant(x, tf.float64) for x in (q, k)]
+  with tf.GradientTape() as tape:
+    tape.watch(as_float64)
+    term = tf.einsum("sjihd,sjwhd->sjhiw", *as_float64)
+    mask = tf.constant(weights[None, :, None])
+    expected = (tf.reduce_sum(term * mask, (0, 1, 3, 4)),
+                tf.reduce_sum(term * term * mask, (0, 1, 3, 4)))
+    loss = sum(tf.reduce_sum(x * u) for x, u in zip(expected, upstream))
+  expected_gradients = tape.gradient(loss, as_float64)
+
+  as_float32 = [tf.constant(x, tf.float32) for x in (q, k)]
+  with tf.GradientTape() as tape:
+    tape.watch(as_float32)
+    actual = fused_attention.masked_content_statistics(*as_float32,
+                                                       tf.constant(weights, tf.float32))
+    loss = sum(tf.reduce_sum(x * u.astype(np.float32)) for x, u in zip(actual, upstream))
+  for value, wanted in zip(actual, expected):
+    np.testing.assert_allclose(value.numpy(), wanted.numpy(), rtol=1e-4, atol=1e-3)
+  for index, (gradient, wanted) in enumerate(zip(tape.gradient(loss, as_float32),
+                                                 expected_gradients)):
+    scale = np.max(np.abs(wanted.numpy()))
+    np.testing.assert_allclose(gradient.numpy() / scale, wanted.numpy() / scale, atol=1e-5,
+                               err_msg=f"operand {index}")
 
 
 @needs_kernel

@@ -18,6 +18,9 @@
 // bias holds 0 or a large negative logit per (block, query, key) for the masked pairs of
 // a local span, block = n % B (B = 0: no bias). Scaling and masking inside the kernel
 // keeps the scaled copies of q and k, and their gradients, out of the step's memory.
+// The loops skip the pairs a bias masks (`PairRanges`, common.h): the weight of such a
+// pair is exp(-1e9 - max) = 0 beside any unmasked key, so skipping them changes no
+// result beyond the order of float sums.
 //
 // Layouts (float32, row-major): q [N, I, H, Dq], k [N, W, H, Dq], rq [I, W, Dq],
 // rk [I, W, Dq], v [N, W, H, Dv], rv [I, W, Dv], scales [3, H], bias [B, I, W].
@@ -105,8 +108,8 @@ bool ReadSizes(OpKernelContext* context, Sizes* s) {
 // Eigen's exp runs on whole aligned packets. (On an unaligned row Eigen exponentiates
 // the first few entries with its scalar exp, which rounds differently: results then
 // changed with the buffers' addresses from run to run.)
-using ArrayMap = Eigen::Map<Eigen::ArrayXf, kRowAlignment>;
-using ConstArrayMap = Eigen::Map<const Eigen::ArrayXf, kRowAlignment>;
+using LanesMap = Eigen::Map<Eigen::Array<float, kLanes, 1>, kRowAlignment>;
+using ConstLanesMap = Eigen::Map<const Eigen::Array<float, kLanes, 1>, kRowAlignment>;
 
 // table [I, W, D] -> [W, D, stride] (queries last, zero-padded to `stride`).
 Buffer QueriesLast(const float* table, int64 queries, int64 stride, int64 keys,
@@ -119,9 +122,16 @@ Buffer QueriesLast(const float* table, int64 queries, int64 stride, int64 keys,
   return out;
 }
 
-// What every (sequence, head) shares: the tables ([W, D, ip]) and the bias.
+// A bias at or below this masks its pair (the layers pass -1e9): the pair's logit
+// minus the row's maximum then underflows exp to 0 whenever the row has an unmasked key,
+// as attention logits are far smaller than this in magnitude.
+constexpr float kMaskedBias = -1e6f;
+
+// What every (sequence, head) shares: the tables ([W, D, ip]), the bias and the ranges
+// of the pairs it leaves.
 struct Tables {
   Buffer rq, rk, rv, bias;
+  PairRanges ranges;
   Tables(OpKernelContext* context, const Sizes& s)
       : rq(QueriesLast(context->input(kQueryTable).flat<float>().data(), s.i, s.ip, s.w,
                        s.dq)),
@@ -132,12 +142,17 @@ struct Tables {
         // The padded queries get no bias: their logits must stay finite (they are
         // exponentiated, then multiplied by zero).
         bias(BlocksQueriesLast(context->input(kBias).flat<float>().data(), s.blocks, s.i,
-                               s.w, s.ip)) {}
+                               s.w, s.ip)),
+        ranges(s.blocks, s.i, s.w,
+               [bias = context->input(kBias).flat<float>().data(), &s](
+                   int64 j, int64 i, int64 w) {
+                 return bias[(j * s.i + i) * s.w + w] > kMaskedBias;
+               }) {}
 
-  // The bias rows [W, ip] of sequence n.
-  const float* BiasOf(const Sizes& s, int64 n) const {
-    return bias.data() + (s.blocks == 0 ? 0 : n % s.blocks) * s.w * s.ip;
-  }
+  // The bias block (index into `bias` and `ranges`) of sequence n.
+  static int64 BlockOf(const Sizes& s, int64 n) { return s.blocks == 0 ? 0 : n % s.blocks; }
+  // The bias rows [W, ip] of block j.
+  const float* BiasOf(const Sizes& s, int64 j) const { return bias.data() + j * s.w * s.ip; }
 };
 
 // table [I, W, D] -> [I, D, wp] (keys last, zero-padded).
@@ -187,13 +202,15 @@ struct Head {
   }
 
   // logits[w, i] = qc[:, i] . k[w] + qp[:, i] . rq[w, :, i] + kp[w] . rk[w, :, i]
-  // + bias[w, i].
-  void ComputeLogits(const Tables& tables, const float* bias) {
+  // + bias[w, i], for the keys w of each query group in block j (others: not written).
+  void ComputeLogits(const Tables& tables, int64 j) {
     const int64 I = s.ip;
-    for (int64 w = 0; w < s.w; ++w) {
-      const float* rq = tables.rq.data() + w * s.dq * I;
-      const float* rk = tables.rk.data() + w * s.dq * I;
-      for (int64 i = 0; i < I; i += kLanes) {
+    const float* bias = tables.BiasOf(s, j);
+    for (int64 i = 0; i < I; i += kLanes) {
+      const Range keys = tables.ranges.KeysOf(j, i / kLanes);
+      for (int64 w = keys.begin; w < keys.end; ++w) {
+        const float* rq = tables.rq.data() + w * s.dq * I;
+        const float* rk = tables.rk.data() + w * s.dq * I;
         const Vec sum =
             SumOf(s.dq, [&](int64 d) { return k[w * s.dq + d] * LoadLanes(&qc[d * I + i]); }) +
             SumOf(s.dq, [&](int64 d) {
@@ -205,13 +222,16 @@ struct Head {
     }
   }
 
-  // logits[w, i] <- exp(logits[w, i] - shift[i]) (Eigen's vectorized exp); shift has
-  // s.ip entries.
-  void Exponentiate(const float* shift) {
-    const ConstArrayMap shift_row(shift, s.ip);
-    for (int64 w = 0; w < s.w; ++w) {
-      ArrayMap row(logits.data() + w * s.ip, s.ip);
-      row = (row - shift_row).exp();
+  // logits[w, i] <- exp(logits[w, i] - shift[i]) (Eigen's vectorized exp) over the
+  // ranges of block j; shift has s.ip entries.
+  void Exponentiate(const Tables& tables, int64 j, const float* shift) {
+    for (int64 i = 0; i < s.ip; i += kLanes) {
+      const ConstLanesMap shift_lanes(shift + i);
+      const Range keys = tables.ranges.KeysOf(j, i / kLanes);
+      for (int64 w = keys.begin; w < keys.end; ++w) {
+        LanesMap lanes(logits.data() + w * s.ip + i);
+        lanes = (lanes - shift_lanes).exp();
+      }
     }
   }
 };
@@ -252,30 +272,35 @@ class ForwardOp : public OpKernel {
       Buffer maximum(I), total(I), retrieved(2 * s.dv * I);
       for (int64 nh = first; nh < last; ++nh) {
         const int64 n = nh / s.h, h = nh % s.h;
+        const int64 j = Tables::BlockOf(s, n);
         head.Gather(context, n, h);
-        head.ComputeLogits(tables, tables.BiasOf(s, n));
+        head.ComputeLogits(tables, j);
         const float* logits = head.logits.data();
         for (int64 i = 0; i < I; i += kLanes) {
-          Vec largest = LoadLanes(logits + i);
-          for (int64 w = 1; w < s.w; ++w) {
+          const Range keys = tables.ranges.KeysOf(j, i / kLanes);
+          Vec largest = LoadLanes(logits + keys.begin * I + i);
+          for (int64 w = keys.begin + 1; w < keys.end; ++w) {
             const Vec row = LoadLanes(logits + w * I + i);
             largest = row > largest ? row : largest;
           }
           StoreLanes(&maximum[i], largest);
         }
-        head.Exponentiate(maximum.data());
+        head.Exponentiate(tables, j, maximum.data());
         const float* p = head.logits.data();
         for (int64 i = 0; i < I; i += kLanes) {
-          const Vec sum = SumOf(s.w, [&](int64 w) { return LoadLanes(p + w * I + i); });
+          const Range keys = tables.ranges.KeysOf(j, i / kLanes);
+          const float* p_keys = p + keys.begin * I + i;  // row t: key keys.begin + t
+          const Vec sum = SumOf(keys.size(), [&](int64 t) { return LoadLanes(p_keys + t * I); });
           StoreLanes(&total[i], sum);
           const Vec inverse = 1.0f / sum;
           for (int64 d = 0; d < s.dv; ++d) {
-            const Vec content_sum = SumOf(s.w, [&](int64 w) {
-              return head.v[w * s.dv + d] * LoadLanes(p + w * I + i);
+            const float* v = head.v.data() + keys.begin * s.dv + d;
+            const float* rv = tables.rv.data() + (keys.begin * s.dv + d) * I + i;
+            const Vec content_sum = SumOf(keys.size(), [&](int64 t) {
+              return v[t * s.dv] * LoadLanes(p_keys + t * I);
             });
-            const Vec position_sum = SumOf(s.w, [&](int64 w) {
-              return LoadLanes(p + w * I + i) *
-                     LoadLanes(&tables.rv[(w * s.dv + d) * I + i]);
+            const Vec position_sum = SumOf(keys.size(), [&](int64 t) {
+              return LoadLanes(p_keys + t * I) * LoadLanes(rv + t * s.dv * I);
             });
             StoreLanes(&retrieved[d * I + i], content_sum * inverse);
             StoreLanes(&retrieved[(s.dv + d) * I + i], position_sum * inverse);
@@ -347,13 +372,14 @@ class BackwardOp : public OpKernel {
       Buffer d_k(s.dq * s.wp), d_kp(s.dq * s.wp), d_value(s.dv * s.wp);
       Buffer weights_t(s.i * s.wp, 0.0f), d_logits_t(s.i * s.wp, 0.0f);
       for (int64 n = first; n < last; ++n) {
+        const int64 j = Tables::BlockOf(s, n);
         for (int64 h = 0; h < s.h; ++h) {
           Head& head = heads[h];
           head.Gather(context, n, h);
-          head.ComputeLogits(tables, tables.BiasOf(s, n));
+          head.ComputeLogits(tables, j);
           std::copy(log_normalizer + (n * s.h + h) * s.i,
                     log_normalizer + (n * s.h + h + 1) * s.i, normalizer.begin());
-          head.Exponentiate(normalizer.data());
+          head.Exponentiate(tables, j, normalizer.data());
           const float* p_all = head.logits.data();  // the weights p[w, i]
           float* d_l_all = d_logits.data() + h * W * I;
           float* d_c = d_out.data() + h * 2 * s.dv * I;  // d_content [Dv, I]
@@ -361,10 +387,19 @@ class BackwardOp : public OpKernel {
           GatherPositionsLast(d_content, n, h, s.i, I, s.h, s.dv, d_c);
           GatherPositionsLast(d_position, n, h, s.i, I, s.h, s.dv, d_pos);
           for (int64 i = 0; i < I; i += kLanes) {
+            const Range keys = tables.ranges.KeysOf(j, i / kLanes);
+            // The skipped pairs' weights and logit gradients are zero: written as such
+            // for the key-side and table sums below, which read whole rows.
+            const auto skipped = [&](int64 w) {
+              StoreLanes(&head.logits[w * I + i], Zero());
+              StoreLanes(d_l_all + w * I + i, Zero());
+            };
+            for (int64 w = 0; w < keys.begin; ++w) skipped(w);
+            for (int64 w = keys.end; w < W; ++w) skipped(w);
             // d_p[w, i] = d_content[:, i] . v[w] + d_position[:, i] . rv[w, :, i], then
             // the softmax backward d_logits = p * (d_p - sum_w p d_p).
             Vec expected = Zero();
-            for (int64 w = 0; w < W; ++w) {
+            for (int64 w = keys.begin; w < keys.end; ++w) {
               const Vec d_p = SumOf(s.dv, [&](int64 d) {
                 return head.v[w * s.dv + d] * LoadLanes(d_c + d * I + i) +
                        LoadLanes(d_pos + d * I + i) *
@@ -373,18 +408,20 @@ class BackwardOp : public OpKernel {
               expected += LoadLanes(p_all + w * I + i) * d_p;
               StoreLanes(d_l_all + w * I + i, d_p);
             }
-            for (int64 w = 0; w < W; ++w) {
+            for (int64 w = keys.begin; w < keys.end; ++w) {
               StoreLanes(d_l_all + w * I + i, LoadLanes(p_all + w * I + i) *
                                                   (LoadLanes(d_l_all + w * I + i) - expected));
             }
             // Query side, element-wise over queries.
+            const float* d_l_keys = d_l_all + keys.begin * I + i;  // row t: key begin + t
             for (int64 d = 0; d < s.dq; ++d) {
-              const Vec content = SumOf(W, [&](int64 w) {
-                return head.k[w * s.dq + d] * LoadLanes(d_l_all + w * I + i);
+              const float* k = head.k.data() + keys.begin * s.dq + d;
+              const float* rq = tables.rq.data() + (keys.begin * s.dq + d) * I + i;
+              const Vec content = SumOf(keys.size(), [&](int64 t) {
+                return k[t * s.dq] * LoadLanes(d_l_keys + t * I);
               });
-              const Vec query_position = SumOf(W, [&](int64 w) {
-                return LoadLanes(d_l_all + w * I + i) *
-                       LoadLanes(&tables.rq[(w * s.dq + d) * I + i]);
+              const Vec query_position = SumOf(keys.size(), [&](int64 t) {
+                return LoadLanes(d_l_keys + t * I) * LoadLanes(rq + t * s.dq * I);
               });
               StoreLanes(&d_qc[d * I + i], content);
               StoreLanes(&d_qp[d * I + i], query_position);
@@ -396,20 +433,25 @@ class BackwardOp : public OpKernel {
           Transpose(p_all, W, I, s.i, s.wp, weights_t.data());
           Transpose(d_l_all, W, I, s.i, s.wp, d_logits_t.data());
           for (int64 w = 0; w < s.wp; w += kLanes) {
+            const Range queries = tables.ranges.QueriesOf(j, w / kLanes);
+            const float* d_l_t = d_logits_t.data() + queries.begin * s.wp + w;
+            const float* p_t = weights_t.data() + queries.begin * s.wp + w;
             for (int64 d = 0; d < s.dq; ++d) {
-              const Vec content = SumOf(s.i, [&](int64 i) {
-                return head.qc[d * I + i] * LoadLanes(&d_logits_t[i * s.wp + w]);
+              const float* qc = head.qc.data() + d * I + queries.begin;
+              const float* rk = rk_keys_last.data() + (queries.begin * s.dq + d) * s.wp + w;
+              const Vec content = SumOf(queries.size(), [&](int64 t) {
+                return qc[t] * LoadLanes(d_l_t + t * s.wp);
               });
-              const Vec key_position = SumOf(s.i, [&](int64 i) {
-                return LoadLanes(&rk_keys_last[(i * s.dq + d) * s.wp + w]) *
-                       LoadLanes(&d_logits_t[i * s.wp + w]);
+              const Vec key_position = SumOf(queries.size(), [&](int64 t) {
+                return LoadLanes(rk + t * s.dq * s.wp) * LoadLanes(d_l_t + t * s.wp);
               });
               StoreLanes(&d_kp[d * s.wp + w], key_position);
               StoreLanes(&d_k[d * s.wp + w], content + head.key_scale * key_position);
             }
             for (int64 d = 0; d < s.dv; ++d) {
-              StoreLanes(&d_value[d * s.wp + w], SumOf(s.i, [&](int64 i) {
-                           return d_c[d * I + i] * LoadLanes(&weights_t[i * s.wp + w]);
+              const float* d_c_row = d_c + d * I + queries.begin;
+              StoreLanes(&d_value[d * s.wp + w], SumOf(queries.size(), [&](int64 t) {
+                           return d_c_row[t] * LoadLanes(p_t + t * s.wp);
                          }));
             }
           }
@@ -429,7 +471,8 @@ class BackwardOp : public OpKernel {
         // d_rv[w, d] += sum_h p d_position[d], d_rq[w, d] += sum_h d_logits qp[d],
         // d_rk[w, d] += sum_h kp[w, d] d_logits.
         for (int64 w = 0; w < W; ++w) {
-          for (int64 i = 0; i < I; i += kLanes) {
+          const Range groups = tables.ranges.GroupsOf(j, w);
+          for (int64 i = groups.begin * kLanes; i < groups.end * kLanes; i += kLanes) {
             for (int64 d = 0; d < s.dv; ++d) {
               AddLanes(d_rv + (w * s.dv + d) * I + i, SumOf(s.h, [&](int64 h) {
                          return LoadLanes(&heads[h].logits[w * I + i]) *

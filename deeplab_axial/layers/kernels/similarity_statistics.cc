@@ -430,6 +430,14 @@ bool ReadMaskedSizes(OpKernelContext* context, MaskedSizes* z) {
   return true;
 }
 
+// The ranges of the pairs `valid` keeps (the loops skip the others, which count 0).
+PairRanges ValidRanges(OpKernelContext* context, const MaskedSizes& z) {
+  const float* valid = context->input(2).flat<float>().data();
+  return PairRanges(z.j, z.i, z.w, [valid, &z](int64 j, int64 i, int64 w) {
+    return valid[(j * z.i + i) * z.w + w] != 0.0f;
+  });
+}
+
 // One (sequence-block, head): q [D, ip] (queries on the lanes), k [W, D], and the
 // block's mask [W, ip].
 struct MaskedHead {
@@ -461,6 +469,7 @@ class MaskedContentStatisticsOp : public OpKernel {
     // Zero in the padding lanes: they count nothing.
     const Buffer mask =
         BlocksQueriesLast(context->input(2).flat<float>().data(), z.j, z.i, z.w, z.ip);
+    const PairRanges ranges = ValidRanges(context, z);
     const int64 sequences = z.s * z.j;
     const int64 parts = NumParts(context, sequences);
     std::vector<double> partial(parts * 2 * z.h, 0.0);
@@ -474,7 +483,8 @@ class MaskedContentStatisticsOp : public OpKernel {
           head.Gather(context, n, h);
           Vec linear = Zero(), quadratic = Zero();
           for (int64 i = 0; i < z.ip; i += kLanes) {
-            for (int64 w = 0; w < z.w; ++w) {
+            const Range keys = ranges.KeysOf(n % z.j, i / kLanes);
+            for (int64 w = keys.begin; w < keys.end; ++w) {
               const Vec term = head.Term(w, i);
               const Vec masked = LoadLanes(valid + w * z.ip + i) * term;
               linear += masked;
@@ -520,6 +530,7 @@ class MaskedContentStatisticsGradOp : public OpKernel {
     // Zero in the padding lanes: they count nothing.
     const Buffer mask =
         BlocksQueriesLast(context->input(2).flat<float>().data(), z.j, z.i, z.w, z.ip);
+    const PairRanges ranges = ValidRanges(context, z);
     const float* d_total = context->input(3).flat<float>().data();
     const float* d_square = context->input(4).flat<float>().data();
     const int64 cost = z.w * z.ip * z.d * 3;
@@ -532,25 +543,34 @@ class MaskedContentStatisticsGradOp : public OpKernel {
         const int64 n = nh / z.h, h = nh % z.h;
         const float* valid = mask.data() + (n % z.j) * z.w * z.ip;
         head.Gather(context, n, h);
-        // d term = valid (d_total + 2 d_square term), per (key, query).
+        // d term = valid (d_total + 2 d_square term), per (key, query); zero outside the
+        // ranges (read by the key side's whole rows).
         for (int64 i = 0; i < z.ip; i += kLanes) {
-          for (int64 w = 0; w < z.w; ++w) {
+          const Range keys = ranges.KeysOf(n % z.j, i / kLanes);
+          for (int64 w = 0; w < keys.begin; ++w) StoreLanes(&d_term[w * z.ip + i], Zero());
+          for (int64 w = keys.end; w < z.w; ++w) StoreLanes(&d_term[w * z.ip + i], Zero());
+          for (int64 w = keys.begin; w < keys.end; ++w) {
             StoreLanes(&d_term[w * z.ip + i],
                        LoadLanes(valid + w * z.ip + i) *
                            (d_total[h] + (2.0f * d_square[h]) * head.Term(w, i)));
           }
+          const float* d_term_keys = d_term.data() + keys.begin * z.ip + i;
           for (int64 d = 0; d < z.d; ++d) {
-            StoreLanes(&d_q[d * z.ip + i], SumOf(z.w, [&](int64 w) {
-                         return head.k[w * z.d + d] * LoadLanes(&d_term[w * z.ip + i]);
+            const float* k = head.k.data() + keys.begin * z.d + d;
+            StoreLanes(&d_q[d * z.ip + i], SumOf(keys.size(), [&](int64 t) {
+                         return k[t * z.d] * LoadLanes(d_term_keys + t * z.ip);
                        }));
           }
         }
         // Key side with keys on the lanes.
         Transpose(d_term.data(), z.w, z.ip, z.i, z.wp, d_term_t.data());
         for (int64 w = 0; w < z.wp; w += kLanes) {
+          const Range queries = ranges.QueriesOf(n % z.j, w / kLanes);
+          const float* d_term_t_queries = d_term_t.data() + queries.begin * z.wp + w;
           for (int64 d = 0; d < z.d; ++d) {
-            StoreLanes(&d_k[d * z.wp + w], SumOf(z.i, [&](int64 i) {
-                         return head.q[d * z.ip + i] * LoadLanes(&d_term_t[i * z.wp + w]);
+            const float* q = head.q.data() + d * z.ip + queries.begin;
+            StoreLanes(&d_k[d * z.wp + w], SumOf(queries.size(), [&](int64 t) {
+                         return q[t] * LoadLanes(d_term_t_queries + t * z.wp);
                        }));
           }
         }
