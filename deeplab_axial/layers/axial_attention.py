@@ -390,23 +390,44 @@ def _similarity_sums(q, k, r_q, r_k, valid, content_sums, fused):
     q's dtype.
   """
   sequences = tf.cast(tf.shape(q)[0], q.dtype)
-  if valid is None:
-    pair_weights = tf.ones(tf.shape(r_q)[:2], q.dtype)[None]  # [1, queries, keys]
-  else:
-    pair_weights = valid[:, 0]  # [blocks, queries, keys]
-  # The tables summed over each query's (key's) weighted pairs: small, and
-  # differentiated by autodiff.
-  tables = (tf.einsum("jiw,iwd->jid", pair_weights, r_q),
-            tf.einsum("jiwd,iwe->jide", pair_weights[..., None] * r_q, r_q),
-            tf.einsum("jiw,iwd->jwd", pair_weights, r_k),
-            tf.einsum("jiwd,iwe->jwde", pair_weights[..., None] * r_k, r_k))
+  tables = (_weighted_table_sums(r_q, valid, by_key=False)
+            + _weighted_table_sums(r_k, valid, by_key=True))
   gram_statistics = (fused_attention.gram_statistics if fused
                      else _gram_statistics_with_tf_ops)
   sums, squares = gram_statistics(q, k, *tables, with_content=valid is None)
   if valid is not None:
     sums = tf.concat([content_sums[0][None], sums], 0)
     squares = tf.concat([content_sums[1][None], squares], 0)
-  return sums, squares, sequences * tf.reduce_sum(pair_weights)
+  pairs = (tf.reduce_prod(tf.shape(r_q)[:2]) if valid is None
+           else tf.reduce_sum(valid))
+  return sums, squares, sequences * tf.cast(pairs, q.dtype)
+
+
+def _weighted_table_sums(table, valid, by_key):
+  """A relative table summed over each query's (by_key: each key's) valid pairs.
+
+  Args:
+    table: `[queries, keys, depth]`.
+    valid: None (every pair valid) or a 0/1 `[blocks, 1, queries, keys]` mask.
+    by_key: False: sum over keys per query; True: sum over queries per key.
+
+  Returns:
+    (sum `[blocks, positions, depth]`, Gram `[blocks, positions, depth, depth]`), with
+    blocks = 1 without a mask: sum_pairs t and sum_pairs t t^T. Batched matmuls (small,
+    differentiated by autodiff): the einsums they replace cost ~3x as much at
+    Axial-ResNet-S's stage sizes, mostly transposes.
+  """
+  if by_key:
+    table = tf.transpose(table, [1, 0, 2])  # [keys, queries, depth]
+  if valid is None:
+    return (tf.reduce_sum(table, 1)[None],
+            tf.matmul(table, table, transpose_a=True)[None])
+  weights = valid[:, 0]  # [blocks, queries, keys]
+  if by_key:
+    weights = tf.transpose(weights, [0, 2, 1])
+  weights = tf.cast(weights, table.dtype)
+  return (tf.squeeze(tf.matmul(weights[..., None, :], table), -2),
+          tf.matmul(weights[..., None] * table, table, transpose_a=True))
 
 
 def _gram_statistics_with_tf_ops(q, k, r_q_sum, r_q_gram, r_k_sum, r_k_gram,
@@ -743,7 +764,9 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
       valid = None if static is not None and static <= radius + 1 else (
           tf.cast(tf.abs(offsets) <= radius, tf.float32)[None, None])
     band = None if valid is None else valid[0, 0]
-    return q[:, None], k[:, None], v[:, None], rows, valid, band, None
+    # expand_dims, not x[:, None]: a strided slice's gradient is a full-size copy.
+    q, k, v = (tf.expand_dims(x, 1) for x in (q, k, v))
+    return q, k, v, rows, valid, band, None
 
   def _blocked_plan(self, q, k, v, length):
     """Blocks of b=max(r, 1) queries attending to a 3b-key window (O(length * m)).
