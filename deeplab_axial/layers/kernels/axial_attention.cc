@@ -208,17 +208,23 @@ struct Head {
     const float* bias = tables.BiasOf(s, j);
     for (int64 i = 0; i < I; i += kLanes) {
       const Range keys = tables.ranges.KeysOf(j, i / kLanes);
-      for (int64 w = keys.begin; w < keys.end; ++w) {
-        const float* rq = tables.rq.data() + w * s.dq * I;
-        const float* rk = tables.rk.data() + w * s.dq * I;
-        const Vec sum =
-            SumOf(s.dq, [&](int64 d) { return k[w * s.dq + d] * LoadLanes(&qc[d * I + i]); }) +
-            SumOf(s.dq, [&](int64 d) {
-              return LoadLanes(&qp[d * I + i]) * LoadLanes(rq + d * I + i);
-            }) +
-            SumOf(s.dq, [&](int64 d) { return kp[w * s.dq + d] * LoadLanes(rk + d * I + i); });
-        StoreLanes(&logits[w * I + i], sum + LoadLanes(bias + w * I + i));
-      }
+      // The logits of `width` keys from keys.begin + t on, at once.
+      ForChunks<kSumsInRegisters / 2>(keys.size(), [&](int64 t, auto width) {
+        constexpr int C = decltype(width)::value;
+        const int64 w = keys.begin + t;
+        const float* rq = tables.rq.data() + w * s.dq * I + i;
+        const float* rk = tables.rk.data() + w * s.dq * I + i;
+        Vec sums[C];
+        SumsOf<C>(s.dq, [&](int64 d, int c) {
+          const int64 at = (w + c) * s.dq + d;  // of key w + c, depth d
+          return k[at] * LoadLanes(&qc[d * I + i]) +
+                 LoadLanes(&qp[d * I + i]) * LoadLanes(rq + (c * s.dq + d) * I) +
+                 kp[at] * LoadLanes(rk + (c * s.dq + d) * I);
+        }, sums);
+        for (int c = 0; c < C; ++c) {
+          StoreLanes(&logits[(w + c) * I + i], sums[c] + LoadLanes(bias + (w + c) * I + i));
+        }
+      });
     }
   }
 
@@ -293,18 +299,21 @@ class ForwardOp : public OpKernel {
           const Vec sum = SumOf(keys.size(), [&](int64 t) { return LoadLanes(p_keys + t * I); });
           StoreLanes(&total[i], sum);
           const Vec inverse = 1.0f / sum;
-          for (int64 d = 0; d < s.dv; ++d) {
+          // Content and position sums of `width` value channels from d on, at once.
+          ForChunks<kSumsInRegisters / 2>(s.dv, [&](int64 d, auto width) {
+            constexpr int C = decltype(width)::value;
             const float* v = head.v.data() + keys.begin * s.dv + d;
             const float* rv = tables.rv.data() + (keys.begin * s.dv + d) * I + i;
-            const Vec content_sum = SumOf(keys.size(), [&](int64 t) {
-              return v[t * s.dv] * LoadLanes(p_keys + t * I);
-            });
-            const Vec position_sum = SumOf(keys.size(), [&](int64 t) {
-              return LoadLanes(p_keys + t * I) * LoadLanes(rv + t * s.dv * I);
-            });
-            StoreLanes(&retrieved[d * I + i], content_sum * inverse);
-            StoreLanes(&retrieved[(s.dv + d) * I + i], position_sum * inverse);
-          }
+            Vec sums[2 * C];
+            SumsOf<2 * C>(keys.size(), [&](int64 t, int c) {
+              const Vec p_t = LoadLanes(p_keys + t * I);
+              return c < C ? v[t * s.dv + c] * p_t : p_t * LoadLanes(rv + (t * s.dv + c - C) * I);
+            }, sums);
+            for (int c = 0; c < C; ++c) {
+              StoreLanes(&retrieved[(d + c) * I + i], sums[c] * inverse);
+              StoreLanes(&retrieved[(s.dv + d + c) * I + i], sums[C + c] * inverse);
+            }
+          });
         }
         for (int64 i = 0; i < s.i; ++i) {
           normalizer_out[nh * s.i + i] = maximum[i] + std::log(total[i]);
@@ -399,35 +408,43 @@ class BackwardOp : public OpKernel {
             // d_p[w, i] = d_content[:, i] . v[w] + d_position[:, i] . rv[w, :, i], then
             // the softmax backward d_logits = p * (d_p - sum_w p d_p).
             Vec expected = Zero();
-            for (int64 w = keys.begin; w < keys.end; ++w) {
-              const Vec d_p = SumOf(s.dv, [&](int64 d) {
-                return head.v[w * s.dv + d] * LoadLanes(d_c + d * I + i) +
-                       LoadLanes(d_pos + d * I + i) *
-                           LoadLanes(&tables.rv[(w * s.dv + d) * I + i]);
-              });
-              expected += LoadLanes(p_all + w * I + i) * d_p;
-              StoreLanes(d_l_all + w * I + i, d_p);
-            }
+            ForChunks<kSumsInRegisters / 2>(keys.size(), [&](int64 t, auto width) {
+              constexpr int C = decltype(width)::value;
+              const int64 w = keys.begin + t;  // d_p of keys w ... w + C - 1
+              const float* rv = tables.rv.data() + w * s.dv * I + i;
+              Vec d_p[C];
+              SumsOf<C>(s.dv, [&](int64 d, int c) {
+                return head.v[(w + c) * s.dv + d] * LoadLanes(d_c + d * I + i) +
+                       LoadLanes(d_pos + d * I + i) * LoadLanes(rv + (c * s.dv + d) * I);
+              }, d_p);
+              for (int c = 0; c < C; ++c) {
+                expected += LoadLanes(p_all + (w + c) * I + i) * d_p[c];
+                StoreLanes(d_l_all + (w + c) * I + i, d_p[c]);
+              }
+            });
             for (int64 w = keys.begin; w < keys.end; ++w) {
               StoreLanes(d_l_all + w * I + i, LoadLanes(p_all + w * I + i) *
                                                   (LoadLanes(d_l_all + w * I + i) - expected));
             }
             // Query side, element-wise over queries.
             const float* d_l_keys = d_l_all + keys.begin * I + i;  // row t: key begin + t
-            for (int64 d = 0; d < s.dq; ++d) {
+            ForChunks<kSumsInRegisters / 2>(s.dq, [&](int64 d, auto width) {
+              constexpr int C = decltype(width)::value;  // depths d ... d + C - 1
               const float* k = head.k.data() + keys.begin * s.dq + d;
               const float* rq = tables.rq.data() + (keys.begin * s.dq + d) * I + i;
-              const Vec content = SumOf(keys.size(), [&](int64 t) {
-                return k[t * s.dq] * LoadLanes(d_l_keys + t * I);
-              });
-              const Vec query_position = SumOf(keys.size(), [&](int64 t) {
-                return LoadLanes(d_l_keys + t * I) * LoadLanes(rq + t * s.dq * I);
-              });
-              StoreLanes(&d_qc[d * I + i], content);
-              StoreLanes(&d_qp[d * I + i], query_position);
-              StoreLanes(&d_q[d * I + i],
-                         head.content_scale * content + head.query_scale * query_position);
-            }
+              Vec sums[2 * C];  // content, then query-position
+              SumsOf<2 * C>(keys.size(), [&](int64 t, int c) {
+                const Vec d_l = LoadLanes(d_l_keys + t * I);
+                return c < C ? k[t * s.dq + c] * d_l
+                             : d_l * LoadLanes(rq + (t * s.dq + c - C) * I);
+              }, sums);
+              for (int c = 0; c < C; ++c) {
+                StoreLanes(&d_qc[(d + c) * I + i], sums[c]);
+                StoreLanes(&d_qp[(d + c) * I + i], sums[C + c]);
+                StoreLanes(&d_q[(d + c) * I + i],
+                           head.content_scale * sums[c] + head.query_scale * sums[C + c]);
+              }
+            });
           }
           // Key side: sums over queries, with keys on the lanes (transposed weights).
           Transpose(p_all, W, I, s.i, s.wp, weights_t.data());
@@ -436,24 +453,30 @@ class BackwardOp : public OpKernel {
             const Range queries = tables.ranges.QueriesOf(j, w / kLanes);
             const float* d_l_t = d_logits_t.data() + queries.begin * s.wp + w;
             const float* p_t = weights_t.data() + queries.begin * s.wp + w;
-            for (int64 d = 0; d < s.dq; ++d) {
+            ForChunks<kSumsInRegisters / 2>(s.dq, [&](int64 d, auto width) {
+              constexpr int C = decltype(width)::value;  // depths d ... d + C - 1
               const float* qc = head.qc.data() + d * I + queries.begin;
               const float* rk = rk_keys_last.data() + (queries.begin * s.dq + d) * s.wp + w;
-              const Vec content = SumOf(queries.size(), [&](int64 t) {
-                return qc[t] * LoadLanes(d_l_t + t * s.wp);
-              });
-              const Vec key_position = SumOf(queries.size(), [&](int64 t) {
-                return LoadLanes(rk + t * s.dq * s.wp) * LoadLanes(d_l_t + t * s.wp);
-              });
-              StoreLanes(&d_kp[d * s.wp + w], key_position);
-              StoreLanes(&d_k[d * s.wp + w], content + head.key_scale * key_position);
-            }
-            for (int64 d = 0; d < s.dv; ++d) {
-              const float* d_c_row = d_c + d * I + queries.begin;
-              StoreLanes(&d_value[d * s.wp + w], SumOf(queries.size(), [&](int64 t) {
-                           return d_c_row[t] * LoadLanes(p_t + t * s.wp);
-                         }));
-            }
+              Vec sums[2 * C];  // content, then key-position
+              SumsOf<2 * C>(queries.size(), [&](int64 t, int c) {
+                const Vec d_l = LoadLanes(d_l_t + t * s.wp);
+                return c < C ? qc[c * I + t] * d_l
+                             : LoadLanes(rk + (t * s.dq + c - C) * s.wp) * d_l;
+              }, sums);
+              for (int c = 0; c < C; ++c) {
+                StoreLanes(&d_kp[(d + c) * s.wp + w], sums[C + c]);
+                StoreLanes(&d_k[(d + c) * s.wp + w], sums[c] + head.key_scale * sums[C + c]);
+              }
+            });
+            ForChunks<kSumsInRegisters>(s.dv, [&](int64 d, auto width) {
+              constexpr int C = decltype(width)::value;  // depths d ... d + C - 1
+              const float* d_c_rows = d_c + d * I + queries.begin;
+              Vec sums[C];
+              SumsOf<C>(queries.size(), [&](int64 t, int c) {
+                return d_c_rows[c * I + t] * LoadLanes(p_t + t * s.wp);
+              }, sums);
+              for (int c = 0; c < C; ++c) StoreLanes(&d_value[(d + c) * s.wp + w], sums[c]);
+            });
           }
           // The scales' gradients: each scale multiplies q (or k) in its term.
           d_scales[h] += Dot(head.q.data(), d_qc.data(), s.dq * I);
@@ -473,22 +496,28 @@ class BackwardOp : public OpKernel {
         for (int64 w = 0; w < W; ++w) {
           const Range groups = tables.ranges.GroupsOf(j, w);
           for (int64 i = groups.begin * kLanes; i < groups.end * kLanes; i += kLanes) {
-            for (int64 d = 0; d < s.dv; ++d) {
-              AddLanes(d_rv + (w * s.dv + d) * I + i, SumOf(s.h, [&](int64 h) {
-                         return LoadLanes(&heads[h].logits[w * I + i]) *
-                                LoadLanes(&d_out[(h * 2 * s.dv + s.dv + d) * I + i]);
-                       }));
-            }
-            for (int64 d = 0; d < s.dq; ++d) {
-              AddLanes(d_rq + (w * s.dq + d) * I + i, SumOf(s.h, [&](int64 h) {
-                         return LoadLanes(&d_logits[(h * W + w) * I + i]) *
-                                LoadLanes(&heads[h].qp[d * I + i]);
-                       }));
-              AddLanes(d_rk + (w * s.dq + d) * I + i, SumOf(s.h, [&](int64 h) {
-                         return heads[h].kp[w * s.dq + d] *
-                                LoadLanes(&d_logits[(h * W + w) * I + i]);
-                       }));
-            }
+            ForChunks<kSumsInRegisters>(s.dv, [&](int64 d, auto width) {
+              constexpr int C = decltype(width)::value;  // depths d ... d + C - 1
+              Vec sums[C];
+              SumsOf<C>(s.h, [&](int64 h, int c) {
+                return LoadLanes(&heads[h].logits[w * I + i]) *
+                       LoadLanes(&d_out[(h * 2 * s.dv + s.dv + d + c) * I + i]);
+              }, sums);
+              for (int c = 0; c < C; ++c) AddLanes(d_rv + (w * s.dv + d + c) * I + i, sums[c]);
+            });
+            ForChunks<kSumsInRegisters / 2>(s.dq, [&](int64 d, auto width) {
+              constexpr int C = decltype(width)::value;  // depths d ... d + C - 1
+              Vec sums[2 * C];  // query table, then key table
+              SumsOf<2 * C>(s.h, [&](int64 h, int c) {
+                const Vec d_l = LoadLanes(&d_logits[(h * W + w) * I + i]);
+                return c < C ? d_l * LoadLanes(&heads[h].qp[(d + c) * I + i])
+                             : heads[h].kp[w * s.dq + d + c - C] * d_l;
+              }, sums);
+              for (int c = 0; c < C; ++c) {
+                AddLanes(d_rq + (w * s.dq + d + c) * I + i, sums[c]);
+                AddLanes(d_rk + (w * s.dq + d + c) * I + i, sums[C + c]);
+              }
+            });
           }
         }
       }

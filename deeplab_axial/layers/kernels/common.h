@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "tensorflow/core/framework/op_kernel.h"
@@ -65,6 +66,32 @@ inline Vec SumOf(int64 count, Term term) {
   }
   for (; t < count; ++t) first += term(t);
   return (first + second) + (third + fourth);
+}
+
+// out[c] = sum_{t < count} term(t, c) for the C sums c < C at once, each in its own
+// register: what the terms of one t share (a row of weights or gradients) is loaded once
+// for all C instead of once per sum (SumOf, one sum at a time, loaded it C times and was
+// bound by loads). C is a compile-time constant so that the sums stay in registers.
+template <int C, typename Term>
+inline void SumsOf(int64 count, Term term, Vec* out) {
+  Vec sums[C] = {};
+  for (int64 t = 0; t < count; ++t) {
+    for (int c = 0; c < C; ++c) sums[c] += term(t, c);
+  }
+  for (int c = 0; c < C; ++c) out[c] = sums[c];
+}
+
+// Sums held in registers at once by SumsOf's callers: half the vector registers (32 with
+// AVX-512, 16 below), leaving room for the shared operands.
+constexpr int kSumsInRegisters = kLanes == 16 ? 16 : 8;
+
+// chunk(first, std::integral_constant<int, C>()) over [0, depth) in chunks of
+// C = width, then of 1 for the rest: loops of SumsOf over a runtime depth.
+template <int Width, typename Chunk>
+inline void ForChunks(int64 depth, Chunk chunk) {
+  int64 d = 0;
+  for (; d + Width <= depth; d += Width) chunk(d, std::integral_constant<int, Width>());
+  for (; d < depth; ++d) chunk(d, std::integral_constant<int, 1>());
 }
 
 // Float buffers that start on a 64-byte boundary (whole aligned vectors).
