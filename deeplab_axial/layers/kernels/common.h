@@ -85,13 +85,16 @@ inline void SumsOf(int64 count, Term term, Vec* out) {
 // AVX-512, 16 below), leaving room for the shared operands.
 constexpr int kSumsInRegisters = kLanes == 16 ? 16 : 8;
 
-// chunk(first, std::integral_constant<int, C>()) over [0, depth) in chunks of
-// C = width, then of 1 for the rest: loops of SumsOf over a runtime depth.
+// chunk(first, std::integral_constant<int, C>()) over [first, depth) in chunks of
+// C = Width, then of Width / 2, ... 1 for the rest: loops of SumsOf over a runtime depth.
+// The halving keeps a depth below Width (4 or 8 channels of a head) in one chunk rather
+// than in single sums.
 template <int Width, typename Chunk>
-inline void ForChunks(int64 depth, Chunk chunk) {
-  int64 d = 0;
-  for (; d + Width <= depth; d += Width) chunk(d, std::integral_constant<int, Width>());
-  for (; d < depth; ++d) chunk(d, std::integral_constant<int, 1>());
+inline void ForChunks(int64 depth, Chunk chunk, int64 first = 0) {
+  for (; first + Width <= depth; first += Width) {
+    chunk(first, std::integral_constant<int, Width>());
+  }
+  if constexpr (Width > 1) ForChunks<Width / 2>(depth, chunk, first);
 }
 
 // Float buffers that start on a 64-byte boundary (whole aligned vectors).
