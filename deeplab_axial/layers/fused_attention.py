@@ -66,9 +66,13 @@ def _cpu_flags():
 
 def _compile_command(output):
   include_and_defines = tf.sysconfig.get_compile_flags()
+  # -U__AVX512FP16__: on CPUs with AVX512-FP16 (Sapphire Rapids and later) -march=native
+  # defines it, and the Eigen headers shipped with TF then fail to compile under g++ 12
+  # (PacketMathFP16.h); the kernels use no half-precision packets, and undefining an
+  # unknown macro is harmless on every compiler.
   return ([os.environ.get("CXX", "g++"), "-shared", "-fPIC", "-O3", "-march=native",
-           "-fno-math-errno", "-w", *map(str, _SOURCES), "-o", output] + include_and_defines
-          + tf.sysconfig.get_link_flags())
+           "-U__AVX512FP16__", "-fno-math-errno", "-w", *map(str, _SOURCES), "-o", output]
+          + include_and_defines + tf.sysconfig.get_link_flags())
 
 
 @functools.lru_cache(maxsize=None)
