@@ -379,7 +379,7 @@ class BackwardOp : public OpKernel {
       // Gradients of qc, qp and q [Dq, I]; of k, kp and v [D, wp].
       Buffer d_qc(s.dq * I), d_qp(s.dq * I), d_q(s.dq * I);
       Buffer d_k(s.dq * s.wp), d_kp(s.dq * s.wp), d_value(s.dv * s.wp);
-      Buffer weights_t(s.i * s.wp, 0.0f), d_logits_t(s.i * s.wp, 0.0f);
+      Buffer weights_t(I * s.wp, 0.0f), d_logits_t(I * s.wp, 0.0f);
       for (int64 n = first; n < last; ++n) {
         const int64 j = Tables::BlockOf(s, n);
         for (int64 h = 0; h < s.h; ++h) {
@@ -447,8 +447,8 @@ class BackwardOp : public OpKernel {
             });
           }
           // Key side: sums over queries, with keys on the lanes (transposed weights).
-          Transpose(p_all, W, I, s.i, s.wp, weights_t.data());
-          Transpose(d_l_all, W, I, s.i, s.wp, d_logits_t.data());
+          TransposeKeyGroups(p_all, W, I, tables.ranges, j, s.wp, weights_t.data());
+          TransposeKeyGroups(d_l_all, W, I, tables.ranges, j, s.wp, d_logits_t.data());
           for (int64 w = 0; w < s.wp; w += kLanes) {
             const Range queries = tables.ranges.QueriesOf(j, w / kLanes);
             const float* d_l_t = d_logits_t.data() + queries.begin * s.wp + w;

@@ -221,13 +221,45 @@ inline void GatherDepthLast(const float* x, int64 n, int64 h, int64 positions,
     std::copy(base + p * heads * depth, base + p * heads * depth + depth, out + p * depth);
 }
 
-// in [rows, stride] -> out [columns, out_stride] for the first `columns` columns (the
-// padding stays zero). Writes contiguously: with strided stores instead, the kernel's
-// backward took ~10% longer (measured).
-inline void Transpose(const float* in, int64 rows, int64 stride, int64 columns,
-                      int64 out_stride, float* out) {
-  for (int64 c = 0; c < columns; ++c)
-    for (int64 r = 0; r < rows; ++r) out[c * out_stride + r] = in[r * stride + c];
+// The kLanes x kLanes tile at `in` (rows `in_stride` apart; rows from `rows` on read as
+// zeros) -> its transpose at `out` (rows `out_stride` apart), in registers where Eigen
+// has a packet of kLanes floats (every vector unit kLanes is chosen for).
+inline void TransposeTile(const float* in, int64 in_stride, int64 rows, float* out,
+                          int64 out_stride) {
+  using Packet = Eigen::internal::packet_traits<float>::type;
+  if constexpr (Eigen::internal::unpacket_traits<Packet>::size == kLanes) {
+    Eigen::internal::PacketBlock<Packet, kLanes> tile;
+    for (int64 r = 0; r < kLanes; ++r) {
+      tile.packet[r] = r < rows ? Eigen::internal::ploadu<Packet>(in + r * in_stride)
+                                : Eigen::internal::pset1<Packet>(0.0f);
+    }
+    Eigen::internal::ptranspose(tile);
+    for (int64 c = 0; c < kLanes; ++c) {
+      Eigen::internal::pstoreu(out + c * out_stride, tile.packet[c]);
+    }
+  } else {
+    for (int64 c = 0; c < kLanes; ++c)
+      for (int64 r = 0; r < kLanes; ++r)
+        out[c * out_stride + r] = r < rows ? in[r * in_stride + c] : 0.0f;
+  }
+}
+
+// in [rows, stride] (keys, queries padded to kLanes) -> out [stride, out_stride]
+// (queries, keys padded to kLanes), for the tiles the key-side sums of block j read:
+// each key group's queries in `ranges`. The key sides of the backward kernels put keys
+// on the lanes this way; a scalar transpose of every pair was a quarter of the attention
+// backward at Axial-ResNet-S's 513² stride-4 stage (span 65, measured). Columns of out
+// past `rows` get zeros.
+inline void TransposeKeyGroups(const float* in, int64 rows, int64 stride,
+                               const PairRanges& ranges, int64 j, int64 out_stride,
+                               float* out) {
+  for (int64 w = 0; w < rows; w += kLanes) {
+    const Range queries = ranges.QueriesOf(j, w / kLanes);
+    for (int64 i = queries.begin / kLanes * kLanes; i < queries.end; i += kLanes) {
+      TransposeTile(in + w * stride + i, stride, std::min(kLanes, rows - w),
+                    out + i * out_stride + w, out_stride);
+    }
+  }
 }
 
 // Runs fn(begin, end) over [0, total) on the op's thread pool, which sizes the ranges

@@ -537,7 +537,7 @@ class MaskedContentStatisticsGradOp : public OpKernel {
     // Every element of d_q and d_k is written once, per (sequence-block, head).
     ParallelFor(context, z.s * z.j * z.h, cost, [&](int64 first, int64 last) {
       MaskedHead head(z);
-      Buffer d_term(z.w * z.ip), d_term_t(z.i * z.wp, 0.0f);
+      Buffer d_term(z.w * z.ip), d_term_t(z.ip * z.wp, 0.0f);
       Buffer d_q(z.d * z.ip), d_k(z.d * z.wp);
       for (int64 nh = first; nh < last; ++nh) {
         const int64 n = nh / z.h, h = nh % z.h;
@@ -563,7 +563,7 @@ class MaskedContentStatisticsGradOp : public OpKernel {
           }
         }
         // Key side with keys on the lanes.
-        Transpose(d_term.data(), z.w, z.ip, z.i, z.wp, d_term_t.data());
+        TransposeKeyGroups(d_term.data(), z.w, z.ip, ranges, n % z.j, z.wp, d_term_t.data());
         for (int64 w = 0; w < z.wp; w += kLanes) {
           const Range queries = ranges.QueriesOf(n % z.j, w / kLanes);
           const float* d_term_t_queries = d_term_t.data() + queries.begin * z.wp + w;
