@@ -492,10 +492,13 @@ class BackwardOp : public OpKernel {
         }
         // The tables' gradients of this sequence, summed over its heads:
         // d_rv[w, d] += sum_h p d_position[d], d_rq[w, d] += sum_h d_logits qp[d],
-        // d_rk[w, d] += sum_h kp[w, d] d_logits.
-        for (int64 w = 0; w < W; ++w) {
-          const Range groups = tables.ranges.GroupsOf(j, w);
-          for (int64 i = groups.begin * kLanes; i < groups.end * kLanes; i += kLanes) {
+        // d_rk[w, d] += sum_h kp[w, d] d_logits. Query groups outermost: what every key
+        // of a group reads (d_position and qp of each head, 20 KB at 8 heads of 32
+        // channels) stays in the L1 cache across its keys; with keys outermost it was
+        // reloaded from L2 for every key (backward at 224² res2's shape ~20 -> ~17.5 ms).
+        for (int64 i = 0; i < I; i += kLanes) {
+          const Range keys = tables.ranges.KeysOf(j, i / kLanes);
+          for (int64 w = keys.begin; w < keys.end; ++w) {
             ForChunks<kSumsInRegisters>(s.dv, [&](int64 d, auto width) {
               constexpr int C = decltype(width)::value;  // depths d ... d + C - 1
               Vec sums[C];

@@ -122,7 +122,7 @@ struct Range {
 // Where a per-pair mask [blocks, queries, keys] leaves work: for block j, the keys of
 // each group of kLanes queries (the hull of the keys its real queries keep; all keys
 // when they keep none), the queries of each group of kLanes keys (the hull of the query
-// groups whose keys meet it) and the query groups whose keys hold key w. The kernels'
+// groups whose keys meet it). The kernels'
 // loops run over these ranges instead of every (query, key) pair: a local span keeps
 // about half the pairs of a 129-position axis at span 65 (Axial-ResNet-S's stride-4
 // stage at 513²) and 80 of every 96 keys of a blocked window. Pairs outside a range are
@@ -133,13 +133,11 @@ class PairRanges {
   // kept(j, i, w): whether pair (i, w) of block j counts.
   template <typename Kept>
   PairRanges(int64 blocks, int64 queries, int64 keys, Kept kept)
-      : keys_(keys),
-        query_groups_(PadToLanes(queries) / kLanes),
+      : query_groups_(PadToLanes(queries) / kLanes),
         key_groups_(PadToLanes(keys) / kLanes) {
     const int64 masks = std::max<int64>(blocks, 1);
     keys_of_.resize(masks * query_groups_);
     queries_of_.resize(masks * key_groups_);
-    groups_of_.resize(masks * keys);
     for (int64 j = 0; j < masks; ++j) {
       Range* keys_of = &keys_of_[j * query_groups_];
       for (int64 g = 0; g < query_groups_; ++g) {
@@ -163,15 +161,6 @@ class PairRanges {
         }
         queries_of_[j * key_groups_ + c] = hull.size() > 0 ? hull : Range{0, 0};
       }
-      for (int64 w = 0; w < keys; ++w) {
-        Range hull{query_groups_, 0};
-        for (int64 g = 0; g < query_groups_; ++g) {
-          if (keys_of[g].begin <= w && w < keys_of[g].end) {
-            hull = {std::min(hull.begin, g), std::max(hull.end, g + 1)};
-          }
-        }
-        groups_of_[j * keys + w] = hull.size() > 0 ? hull : Range{0, 0};
-      }
     }
   }
 
@@ -183,8 +172,6 @@ class PairRanges {
   Range QueriesOf(int64 j, int64 key_group) const {
     return queries_of_[j * key_groups_ + key_group];
   }
-  // Query groups [begin, end) that see key w in block j.
-  Range GroupsOf(int64 j, int64 w) const { return groups_of_[j * keys_ + w]; }
   // Pairs inside the ranges of block j, for cost estimates.
   int64 Pairs(int64 j) const {
     int64 pairs = 0;
@@ -193,8 +180,8 @@ class PairRanges {
   }
 
  private:
-  int64 keys_, query_groups_, key_groups_;
-  std::vector<Range> keys_of_, queries_of_, groups_of_;
+  int64 query_groups_, key_groups_;
+  std::vector<Range> keys_of_, queries_of_;
 };
 
 // x[n, :, h, :] of x [N, P, H, D] -> out [D, stride] (positions last; the padding
