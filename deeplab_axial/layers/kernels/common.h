@@ -204,8 +204,16 @@ inline void ScatterPositionsLast(const float* in, int64 n, int64 h, int64 positi
 inline void GatherDepthLast(const float* x, int64 n, int64 h, int64 positions,
                             int64 heads, int64 depth, float* out) {
   const float* base = x + (n * positions * heads + h) * depth;
-  for (int64 p = 0; p < positions; ++p)
-    std::copy(base + p * heads * depth, base + p * heads * depth + depth, out + p * depth);
+  // Four floats per fixed-size copy (one move each): a copy of a run of `depth` floats
+  // was a libc call per position, 7% of the attention forward at depth 4 and 8 (perf).
+  constexpr int64 kQuad = 4;
+  for (int64 p = 0; p < positions; ++p) {
+    const float* row = base + p * heads * depth;
+    float* to = out + p * depth;
+    int64 d = 0;
+    for (; d + kQuad <= depth; d += kQuad) std::memcpy(to + d, row + d, kQuad * sizeof(float));
+    for (; d < depth; ++d) to[d] = row[d];
+  }
 }
 
 // The kLanes x kLanes tile at `in` (rows `in_stride` apart; rows from `rows` on read as
