@@ -69,7 +69,11 @@ def _check_generic_outputs(output_dir, images, loaded, info):
       assert segment["category"] == info.class_names[segment["category_id"]]
       assert segment["isthing"] == (segment["category_id"] in info.thing_class_ids)
       if segment["isthing"]:
-        assert segment["score"] == pytest.approx(scores[segment["id"]], rel=1e-6)
+        # The CLI's process runs the same graph but need not round alike: 1.7e-6
+        # relative seen on an AVX512-FP16 Xeon, with batches of 2 and of 1 alike (float32
+        # sums, whose order oneDNN and Eigen choose per process); ids and areas above
+        # are exact.
+        assert segment["score"] == pytest.approx(scores[segment["id"]], rel=1e-5)
 
 
 @pytest.mark.slow
