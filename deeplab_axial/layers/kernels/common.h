@@ -38,6 +38,11 @@ constexpr int kRowAlignment = kLanes * sizeof(float) >= 64   ? Eigen::Aligned64
                               : kLanes * sizeof(float) >= 32 ? Eigen::Aligned32
                                                              : Eigen::Aligned16;
 typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
+// Eigen's widest float packet for the same flags, whose shuffles (transposes, reductions)
+// the kernels borrow where it holds exactly kLanes floats (every vector unit kLanes is
+// chosen for; a scalar build falls back to plain loops).
+using Packet = Eigen::internal::packet_traits<float>::type;
+constexpr bool kPacketIsVec = Eigen::internal::unpacket_traits<Packet>::size == kLanes;
 
 inline Vec LoadLanes(const float* x) {
   Vec v;
@@ -121,13 +126,12 @@ struct Range {
 
 // Where a per-pair mask [blocks, queries, keys] leaves work: for block j, the keys of
 // each group of kLanes queries (the hull of the keys its real queries keep; all keys
-// when they keep none), the queries of each group of kLanes keys (the hull of the query
-// groups whose keys meet it). The kernels'
-// loops run over these ranges instead of every (query, key) pair: a local span keeps
-// about half the pairs of a 129-position axis at span 65 (Axial-ResNet-S's stride-4
-// stage at 513²) and 80 of every 96 keys of a blocked window. Pairs outside a range are
-// ones the mask drops; pairs inside a range still carry their mask. Without a mask
-// (blocks = 0) every range is whole.
+// when they keep none) and the queries of each group of kLanes keys (the hull of the
+// query groups whose keys meet it). The kernels' loops run over these ranges instead of
+// every (query, key) pair: a local span keeps about half the pairs of a 129-position axis
+// at span 65 (Axial-ResNet-S's stride-4 stage at 513²) and 80 of every 96 keys of a
+// blocked window. Pairs outside a range are ones the mask drops; pairs inside a range
+// still carry their mask. Without a mask (blocks = 0) every range is whole.
 class PairRanges {
  public:
   // kept(j, i, w): whether pair (i, w) of block j counts.
@@ -217,12 +221,10 @@ inline void GatherDepthLast(const float* x, int64 n, int64 h, int64 positions,
 }
 
 // The kLanes x kLanes tile at `in` (rows `in_stride` apart; rows from `rows` on read as
-// zeros) -> its transpose at `out` (rows `out_stride` apart), in registers where Eigen
-// has a packet of kLanes floats (every vector unit kLanes is chosen for).
+// zeros) -> its transpose at `out` (rows `out_stride` apart), in registers (kPacketIsVec).
 inline void TransposeTile(const float* in, int64 in_stride, int64 rows, float* out,
                           int64 out_stride) {
-  using Packet = Eigen::internal::packet_traits<float>::type;
-  if constexpr (Eigen::internal::unpacket_traits<Packet>::size == kLanes) {
+  if constexpr (kPacketIsVec) {
     Eigen::internal::PacketBlock<Packet, kLanes> tile;
     for (int64 r = 0; r < kLanes; ++r) {
       tile.packet[r] = r < rows ? Eigen::internal::ploadu<Packet>(in + r * in_stride)

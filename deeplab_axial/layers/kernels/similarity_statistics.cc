@@ -96,14 +96,13 @@ bool ReadStatisticSizes(OpKernelContext* context, bool with_content, StatisticSi
   return true;
 }
 
-// The sum of a vector's lanes, by Eigen's shuffle-and-add reduction of the native packet
-// where that packet has kLanes floats (else halves added as vectors, then the lanes of
-// the half). A loop over 16 lanes was most of the time of the content Grams at depth 32;
-// the reduction tree took the Gram statistics at Axial-ResNet-S's depth-32 stage (224²,
-// batch 4) from 1.75 to 1.46 ms per call forward, 2.32 to 2.04 backward (measured).
+// The sum of a vector's lanes, by Eigen's shuffle-and-add reduction of the packet
+// (kPacketIsVec; else halves added as vectors, then the lanes of the half). A loop over
+// 16 lanes was most of the time of the content Grams at depth 32; the reduction tree took
+// the Gram statistics at Axial-ResNet-S's depth-32 stage (224², batch 4) from 1.75 to
+// 1.46 ms per call forward, 2.32 to 2.04 backward (measured).
 float HorizontalSum(Vec v) {
-  using Packet = Eigen::internal::packet_traits<float>::type;
-  if constexpr (Eigen::internal::unpacket_traits<Packet>::size == kLanes) {
+  if constexpr (kPacketIsVec) {
     Packet packet;
     std::memcpy(&packet, &v, sizeof(packet));
     return Eigen::internal::predux(packet);
