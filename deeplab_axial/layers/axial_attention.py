@@ -233,6 +233,37 @@ class SimilarityBatchNormalization(tf_keras.layers.Layer):
     return config
 
 
+def _kernel_normalizes(norm, dtype, training):
+  """Whether a Keras batch norm of this layer runs as a CPU-kernel op in this trace.
+
+  For the batch statistics of a trainable, unsynchronized, fused-style layer (the
+  others go through the Keras layer); the kernel ops compute what `FusedBatchNormV3`
+  does (kernels/batch_norm.cc).
+  """
+  return (norm.trainable and norm.fused and not norm.synchronized
+          and fused_attention.usable(dtype, _resolve_training(training)))
+
+
+def _update_moving_statistics(norm, mean, variance, rows):
+  """The Keras fused batch norm's moving-average update of `norm`, unless paused.
+
+  Args:
+    norm: the Keras batch norm layer.
+    mean: the batch mean `[channels]`.
+    variance: the batch variance `[channels]`: biased over `rows` rows, which enters the
+      average Bessel-corrected as in `FusedBatchNormV3`; or, with rows None, already
+      corrected.
+    rows: None or the number of rows the statistics are over (scalar int tensor).
+  """
+  if recompute.statistics_updates_paused():
+    return
+  if rows is not None:
+    rows = tf.cast(rows, variance.dtype)
+    variance = variance * rows / tf.maximum(rows - 1.0, 1.0)
+  for variable, value in ((norm.moving_mean, mean), (norm.moving_variance, variance)):
+    variable.assign(norm.momentum * variable + (1.0 - norm.momentum) * value)
+
+
 def _masked_content_sums(q, k, valid, dtype, fused):
   """(sum, squared sum) `[heads]` of the qk term over the pairs where `valid` is 1.
 
@@ -950,12 +981,7 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
     # Axial-ResNet-S's stages).
     qkv = tf.matmul(tf.reshape(x, [-1, self.qkv_kernel.shape[0]]), self.qkv_kernel,
                     name="qkv_projection")
-    qkv = tf.reshape(qkv, [batch, other, length, self.num_heads * self._head_depth])
-    if self.use_batch_norm:
-      qkv = self.qkv_batch_norm(qkv, training=training)
-    sequences = batch * other
-    qkv = tf.reshape(qkv, [sequences, length, self.num_heads, self._head_depth])
-    q, k, v = tf.split(qkv, [self.query_depth, self.query_depth, self.value_depth], -1)
+    q, k, v = self._normalized_split(qkv, [batch, other, length], training)
 
     q, k, v, rows, valid, band, key_inside = self._plan(q, k, v, length)
     relative = tf.gather(tf.cast(self.relative_embeddings, q.dtype), rows)
@@ -987,6 +1013,34 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
     outputs = average_pool(outputs, (1, self.strides))
     outputs = self._from_sequences(outputs)
     return outputs
+
+  def _normalized_split(self, qkv, axes, training):
+    """The qkv batch norm, then each head's channels split into q, k and v.
+
+    Args:
+      qkv: the projection, `[batch * other * length, heads * (2 dq + dv)]`.
+      axes: [batch, other, length].
+      training: as in `call`.
+
+    Returns:
+      q, k, v: `[batch * other, length, heads, dq or dv]`.
+
+    Training in float32 on the CPU kernel, one op normalizes and writes the three parts
+    (`fused_attention.batch_norm_split`), with the Keras layer's moving-average update;
+    otherwise the Keras layer and a split.
+    """
+    batch, other, length = axes
+    depths = [self.query_depth, self.query_depth, self.value_depth]
+    heads_shape = [batch * other, length, self.num_heads, self._head_depth]
+    norm = self.qkv_batch_norm if self.use_batch_norm else None
+    if norm is not None and _kernel_normalizes(norm, qkv.dtype, training):
+      parts, mean, variance = fused_attention.batch_norm_split(
+          tf.reshape(qkv, heads_shape), norm.gamma, norm.beta, depths, norm.epsilon)
+      _update_moving_statistics(norm, mean, variance, tf.shape(qkv)[0])
+      return parts
+    if norm is not None:
+      qkv = norm(tf.reshape(qkv, [batch, other, length, -1]), training=training)
+    return tf.split(tf.reshape(qkv, heads_shape), depths, -1)
 
   def _normalized_sum(self, content, position, training):
     """Output batch norm over the 2 * filters (channel, term) channels, then sv + sve.
@@ -1023,7 +1077,16 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
 
     gammas, betas = per_term(norm.gamma), per_term(norm.beta)
 
+    def interleaved(per_term):  # [2, filters] -> [2 * filters], (channel, term) order
+      return tf.reshape(tf.transpose(per_term), [2 * self.filters])
+
     def batch():
+      if _kernel_normalizes(norm, content.dtype, training):
+        total, means, variances = fused_attention.normalized_sum(
+            [content, position], tf.stack(gammas), tf.stack(betas), norm.epsilon)
+        _update_moving_statistics(norm, interleaved(means), interleaved(variances),
+                                  tf.size(content) // self.filters)
+        return total
       normalized, means, variances = [], [], []
       for term, gamma, beta in zip((content, position), gammas, betas):
         output, mean, variance = tf.compat.v1.nn.fused_batch_norm(
@@ -1031,11 +1094,9 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
         normalized.append(output)
         means.append(mean)
         variances.append(variance)
-      if not recompute.statistics_updates_paused():
-        for variable, values in ((norm.moving_mean, means),
-                                 (norm.moving_variance, variances)):
-          value = tf.reshape(tf.stack(values, axis=1), [2 * self.filters])
-          variable.assign(norm.momentum * variable + (1.0 - norm.momentum) * value)
+      # fused_batch_norm's variance is already the unbiased one.
+      _update_moving_statistics(norm, interleaved(tf.stack(means)),
+                                interleaved(tf.stack(variances)), rows=None)
       return normalized[0] + normalized[1]
 
     def moving():

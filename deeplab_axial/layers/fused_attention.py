@@ -43,7 +43,8 @@ from tensorflow.python.saved_model import save_context
 from deeplab_axial.layers import scoped_flag
 
 _KERNELS = pathlib.Path(__file__).parent / "kernels"
-_SOURCES = (_KERNELS / "axial_attention.cc", _KERNELS / "similarity_statistics.cc")
+_SOURCES = (_KERNELS / "axial_attention.cc", _KERNELS / "similarity_statistics.cc",
+            _KERNELS / "batch_norm.cc")
 _HEADERS = (_KERNELS / "common.h",)
 _DISABLE_VARIABLE = "DEEPLAB_AXIAL_FUSED_KERNEL"
 _CACHE_VARIABLE = "DEEPLAB_AXIAL_KERNEL_CACHE"
@@ -261,3 +262,77 @@ def masked_content_statistics(query, key, valid):
     return (total, square), gradient
 
   return statistics(query, key)
+
+
+def batch_norm_split(x, gamma, beta, depths, epsilon):
+  """Training-mode batch norm over the channels (h, d) of x, split per head.
+
+  `kernels/batch_norm.cc`: the batch norm of `FusedBatchNormV3` (batch mean and biased
+  variance over every axis but the last two) followed by a split of each head's depth
+  into `depths`, in one op, and its gradient likewise.
+
+  Args:
+    x: `[..., heads, sum(depths)]`.
+    gamma, beta: `[heads * sum(depths)]`, in x's channel order.
+    depths: Python ints, the parts' depths per head.
+    epsilon: Python float added to the variance.
+    All float32.
+
+  Returns:
+    (parts, mean, variance): parts `[..., heads, depths[t]]` each, and the batch mean
+    and biased variance `[heads * sum(depths)]` (no gradient).
+  """
+  ops = load_library()
+  attributes = dict(depths=list(depths), epsilon=epsilon)
+
+  @tf.custom_gradient
+  def normalized(x, gamma, beta):
+    parts, mean, variance = ops.deeplab_axial_batch_norm_split(
+        x, gamma, beta, num_parts=len(depths), **attributes)
+
+    def gradient(*d_outputs):
+      d_parts = [tf.zeros_like(part) if d is None else d
+                 for part, d in zip(parts, d_outputs)]
+      return ops.deeplab_axial_batch_norm_split_grad(x, gamma, mean, variance, d_parts,
+                                                     **attributes)
+
+    return (*parts, tf.stop_gradient(mean), tf.stop_gradient(variance)), gradient
+
+  *parts, mean, variance = normalized(x, gamma, beta)
+  return parts, mean, variance
+
+
+def normalized_sum(terms, gamma, beta, epsilon):
+  """The sum of training-mode batch norms of each term, with its own statistics.
+
+  `kernels/batch_norm.cc`: sum_t gamma[t] (terms[t] - mean_t) / sqrt(variance_t +
+  epsilon) + beta[t], with each term's batch mean and biased variance per channel over
+  every axis but the last, as `FusedBatchNormV3` normalizes; one op, and its gradient.
+
+  Args:
+    terms: list of T tensors `[..., channels]`, one shape.
+    gamma, beta: `[T, channels]`.
+    epsilon: Python float added to the variance.
+    All float32.
+
+  Returns:
+    (sum `[..., channels]`, mean `[T, channels]`, variance `[T, channels]`), the
+    statistics without gradient.
+  """
+  ops = load_library()
+
+  @tf.custom_gradient
+  def normalized(gamma, beta, *terms):
+    total, mean, variance = ops.deeplab_axial_normalized_sum(terms, gamma, beta,
+                                                             epsilon=epsilon)
+
+    def gradient(d_total, d_mean, d_variance):
+      del d_mean, d_variance  # statistics: no gradient
+      d_total = tf.zeros_like(total) if d_total is None else d_total
+      d_terms, d_gamma, d_beta = ops.deeplab_axial_normalized_sum_grad(
+          terms, gamma, mean, variance, d_total, epsilon=epsilon)
+      return [d_gamma, d_beta, *d_terms]
+
+    return (total, tf.stop_gradient(mean), tf.stop_gradient(variance)), gradient
+
+  return normalized(gamma, beta, *terms)

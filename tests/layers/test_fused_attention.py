@@ -346,6 +346,129 @@ def test_statistics_kernel_is_deterministic():
     np.testing.assert_array_equal(first.numpy(), second.numpy())
 
 
+def _batch_norm_reference(x, gamma, beta, epsilon):
+  """Training-mode batch norm of x [..., C] per channel in float64 NumPy, from its
+  definition: (normalized x, batch mean, biased batch variance)."""
+  rows = x.reshape(-1, x.shape[-1])
+  mean = rows.mean(0)
+  variance = ((rows - mean) ** 2).mean(0)
+  return gamma * (x - mean) / np.sqrt(variance + epsilon) + beta, mean, variance
+
+
+_EPSILON = 1e-3
+
+
+def _split_reference(x, gamma, beta, depths):
+  """`batch_norm_split` in NumPy: (parts, mean, variance) of x [..., H, D]."""
+  heads, depth = x.shape[-2:]
+  normalized, mean, variance = _batch_norm_reference(
+      x.reshape(x.shape[:-2] + (heads * depth,)), gamma, beta, _EPSILON)
+  normalized = normalized.reshape(x.shape)
+  parts = np.split(normalized, np.cumsum(depths)[:-1], axis=-1)
+  return parts, mean, variance
+
+
+def _sum_reference(terms, gamma, beta):
+  """`normalized_sum` in NumPy: (sum, means [T, C], variances [T, C])."""
+  results = [_batch_norm_reference(term, g, b, _EPSILON)
+             for term, g, b in zip(terms, gamma, beta)]
+  return (sum(normalized for normalized, _, _ in results),
+          np.stack([mean for _, mean, _ in results]),
+          np.stack([variance for _, _, variance in results]))
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape,depths", [((3, 5, 4, 7), (2, 2, 3)),
+                                          ((2, 3, 6, 1, 20), (5, 5, 10)),
+                                          ((70, 2, 8), (8,))])
+def test_batch_norm_split_matches_numpy_and_numeric_gradient(shape, depths):
+  rng = np.random.default_rng(10)
+  channels = shape[-2] * shape[-1]
+  # A mean far from zero next to the spread: one-pass sums of x and x^2 in float32 lose
+  # the variance to cancellation here.
+  x = rng.normal(size=shape) * 0.5 + 300.0
+  gamma, beta = rng.normal(size=channels), rng.normal(size=channels)
+  upstream = [rng.normal(size=shape[:-1] + (d,)) for d in depths]
+  as_float32 = [tf.constant(v, tf.float32) for v in (x, gamma, beta)]
+  with tf.GradientTape() as tape:
+    tape.watch(as_float32)
+    parts, mean, variance = fused_attention.batch_norm_split(*as_float32, depths, _EPSILON)
+    loss = sum(tf.reduce_sum(p * u.astype(np.float32)) for p, u in zip(parts, upstream))
+  wanted_parts, wanted_mean, wanted_variance = _split_reference(x, gamma, beta, depths)
+  for part, wanted in zip(parts, wanted_parts):
+    np.testing.assert_allclose(part.numpy(), wanted, rtol=1e-3, atol=2e-3)
+  np.testing.assert_allclose(mean.numpy(), wanted_mean, rtol=1e-6)
+  np.testing.assert_allclose(variance.numpy(), wanted_variance, rtol=2e-3)
+
+  def reference_loss(values):
+    reference_parts = _split_reference(*values, depths)[0]
+    return float(sum(np.sum(p * u) for p, u in zip(reference_parts, upstream)))
+
+  operands = [x, gamma, beta]
+  for index, gradient in enumerate(tape.gradient(loss, as_float32)):
+    numeric = _numeric_gradient(reference_loss, operands, index, step=1e-4)
+    scale = np.max(np.abs(numeric))
+    np.testing.assert_allclose(gradient.numpy() / scale, numeric / scale, atol=2e-3,
+                               err_msg=f"operand {index}")
+
+
+@needs_kernel
+def test_normalized_sum_matches_numpy_and_numeric_gradient():
+  rng = np.random.default_rng(11)
+  terms = [rng.normal(size=(4, 3, 5, 18)) * scale + shift
+           for scale, shift in ((1.0, 0.0), (0.2, -50.0), (3.0, 2.0))]
+  gamma, beta = rng.normal(size=(3, 18)), rng.normal(size=(3, 18))
+  upstream = rng.normal(size=terms[0].shape)
+  as_float32 = [tf.constant(v, tf.float32) for v in terms + [gamma, beta]]
+  with tf.GradientTape() as tape:
+    tape.watch(as_float32)
+    total, mean, variance = fused_attention.normalized_sum(as_float32[:3], *as_float32[3:],
+                                                           _EPSILON)
+    loss = tf.reduce_sum(total * upstream.astype(np.float32))
+  wanted_total, wanted_mean, wanted_variance = _sum_reference(terms, gamma, beta)
+  np.testing.assert_allclose(total.numpy(), wanted_total, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(mean.numpy(), wanted_mean, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(variance.numpy(), wanted_variance, rtol=1e-4)
+
+  def reference_loss(values):
+    return float(np.sum(_sum_reference(values[:3], *values[3:])[0] * upstream))
+
+  operands = terms + [gamma, beta]
+  for index, gradient in enumerate(tape.gradient(loss, as_float32)):
+    numeric = _numeric_gradient(reference_loss, operands, index)
+    scale = np.max(np.abs(numeric))
+    np.testing.assert_allclose(gradient.numpy() / scale, numeric / scale, atol=1e-4,
+                               err_msg=f"operand {index}")
+
+
+@needs_kernel
+def test_batch_norm_kernels_reject_disagreeing_shapes_and_are_deterministic():
+  x = tf.random.stateless_normal([300, 4, 6], seed=[1, 2])
+  with pytest.raises(tf.errors.InvalidArgumentError, match=r"x must be \[\.\.\., heads, 7\]"):
+    fused_attention.batch_norm_split(x, tf.ones([24]), tf.zeros([24]), [3, 4], _EPSILON)
+  with pytest.raises(tf.errors.InvalidArgumentError, match=r"input 1 must be \[24\]"):
+    fused_attention.batch_norm_split(x, tf.ones([6]), tf.zeros([24]), [2, 4], _EPSILON)
+  with pytest.raises(tf.errors.InvalidArgumentError, match="every term must have shape"):
+    fused_attention.normalized_sum([x, x[:, :2]], tf.ones([2, 6]), tf.zeros([2, 6]),
+                                   _EPSILON)
+  with pytest.raises(tf.errors.InvalidArgumentError, match=r"gamma must be \[2,6\]"):
+    fused_attention.normalized_sum([x, x], tf.ones([6]), tf.zeros([2, 6]), _EPSILON)
+
+  def run():
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      parts, mean, variance = fused_attention.batch_norm_split(
+          x, tf.ones([24]), tf.zeros([24]), [2, 4], _EPSILON)
+      values = tf.reshape(parts[1], [300, 16])
+      total, means, variances = fused_attention.normalized_sum(
+          [values, values * 2.0], tf.ones([2, 16]), tf.zeros([2, 16]), _EPSILON)
+      loss = tf.reduce_sum(tf.sin(total)) + tf.reduce_sum(parts[0] ** 3)
+    return [*parts, mean, variance, total, means, variances, tape.gradient(loss, x)]
+
+  for first, second in zip(run(), run()):
+    np.testing.assert_array_equal(first.numpy(), second.numpy())
+
+
 # (axis, height, width, heads, filters, span, strides, use_batch_norm)
 _LAYER_CASES = [
     ("width", 3, 9, 2, 16, None, 1, True),     # global (dense, no mask)
@@ -401,6 +524,10 @@ def test_layer_training_step_equals_tf_op_path(axis, height, width, heads, filte
   masked = batch_norm and span is not None  # every masked case here has out-of-band pairs
   assert ("DeeplabAxialMaskedContentStatistics" in fused_ops) == masked
   assert ("DeeplabAxialMaskedContentStatisticsGrad" in fused_ops) == masked
+  assert ("DeeplabAxialBatchNormSplit" in fused_ops) == batch_norm
+  assert ("DeeplabAxialBatchNormSplitGrad" in fused_ops) == batch_norm
+  assert ("DeeplabAxialNormalizedSum" in fused_ops) == batch_norm
+  assert ("DeeplabAxialNormalizedSumGrad" in fused_ops) == batch_norm
   assert not any(op.startswith("DeeplabAxial") for op in reference_ops)
   np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=1e-4, atol=1e-4)
   variables = [None] + layers[0].trainable_variables
