@@ -233,37 +233,6 @@ class SimilarityBatchNormalization(tf_keras.layers.Layer):
     return config
 
 
-def _kernel_normalizes(norm, dtype, training):
-  """Whether a Keras batch norm of this layer runs as a CPU-kernel op in this trace.
-
-  For the batch statistics of a trainable, unsynchronized, fused-style layer (the
-  others go through the Keras layer); the kernel ops compute what `FusedBatchNormV3`
-  does (kernels/batch_norm.cc).
-  """
-  return (norm.trainable and norm.fused and not norm.synchronized
-          and fused_attention.usable(dtype, _resolve_training(training)))
-
-
-def _update_moving_statistics(norm, mean, variance, rows):
-  """The Keras fused batch norm's moving-average update of `norm`, unless paused.
-
-  Args:
-    norm: the Keras batch norm layer.
-    mean: the batch mean `[channels]`.
-    variance: the batch variance `[channels]`: biased over `rows` rows, which enters the
-      average Bessel-corrected as in `FusedBatchNormV3`; or, with rows None, already
-      corrected.
-    rows: None or the number of rows the statistics are over (scalar int tensor).
-  """
-  if recompute.statistics_updates_paused():
-    return
-  if rows is not None:
-    rows = tf.cast(rows, variance.dtype)
-    variance = variance * rows / tf.maximum(rows - 1.0, 1.0)
-  for variable, value in ((norm.moving_mean, mean), (norm.moving_variance, variance)):
-    variable.assign(norm.momentum * variable + (1.0 - norm.momentum) * value)
-
-
 def _masked_content_sums(q, k, valid, dtype, fused):
   """(sum, squared sum) `[heads]` of the qk term over the pairs where `valid` is 1.
 
@@ -1033,10 +1002,10 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
     depths = [self.query_depth, self.query_depth, self.value_depth]
     heads_shape = [batch * other, length, self.num_heads, self._head_depth]
     norm = self.qkv_batch_norm if self.use_batch_norm else None
-    if norm is not None and _kernel_normalizes(norm, qkv.dtype, training):
+    if norm is not None and norm.kernel_normalizes(qkv.dtype, _resolve_training(training)):
       parts, mean, variance = fused_attention.batch_norm_split(
           tf.reshape(qkv, heads_shape), norm.gamma, norm.beta, depths, norm.epsilon)
-      _update_moving_statistics(norm, mean, variance, tf.shape(qkv)[0])
+      norm.update_moving_statistics(mean, variance, tf.shape(qkv)[0])
       return parts
     if norm is not None:
       qkv = norm(tf.reshape(qkv, [batch, other, length, -1]), training=training)
@@ -1081,11 +1050,11 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
       return tf.reshape(tf.transpose(per_term), [2 * self.filters])
 
     def batch():
-      if _kernel_normalizes(norm, content.dtype, training):
+      if norm.kernel_normalizes(content.dtype, training):
         total, means, variances = fused_attention.normalized_sum(
             [content, position], tf.stack(gammas), tf.stack(betas), norm.epsilon)
-        _update_moving_statistics(norm, interleaved(means), interleaved(variances),
-                                  tf.size(content) // self.filters)
+        norm.update_moving_statistics(interleaved(means), interleaved(variances),
+                                      tf.size(content) // self.filters)
         return total
       normalized, means, variances = [], [], []
       for term, gamma, beta in zip((content, position), gammas, betas):
@@ -1095,8 +1064,8 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
         means.append(mean)
         variances.append(variance)
       # fused_batch_norm's variance is already the unbiased one.
-      _update_moving_statistics(norm, interleaved(tf.stack(means)),
-                                interleaved(tf.stack(variances)), rows=None)
+      norm.update_moving_statistics(interleaved(tf.stack(means)),
+                                    interleaved(tf.stack(variances)), rows=None)
       return normalized[0] + normalized[1]
 
     def moving():

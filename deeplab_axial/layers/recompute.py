@@ -21,6 +21,7 @@ must not pause another replica's forward pass.
 import tensorflow as tf
 import tf_keras
 
+from deeplab_axial.layers import fused_attention
 from deeplab_axial.layers import replica_statistics
 from deeplab_axial.layers import scoped_flag
 
@@ -48,6 +49,12 @@ class PausableBatchNormalization(tf_keras.layers.BatchNormalization):
   but leaves the moving mean and variance alone. Same arguments, variables and variable
   names as the Keras layer, so checkpoints of either load into the other.
   `synchronized=True` takes its statistics from `replica_statistics.replica_moments`.
+
+  The attention layer normalizes its qkv projection and output with kernel ops that
+  fuse the norm with a split or a sum where the kernels run (`kernel_normalizes`),
+  updating this layer's moving statistics as the Keras layer does
+  (`update_moving_statistics`). A plain batch norm on the kernel measured no faster
+  than `FusedBatchNormV3` (benchmarks/README.md), so the layer's own call stays Keras.
   """
 
   pauses_in_recomputation = True
@@ -57,10 +64,34 @@ class PausableBatchNormalization(tf_keras.layers.BatchNormalization):
     if self.synchronized:
       replica_statistics.synchronize(self)
 
-  def add_update(self, updates):
-    # tf_keras batch normalization adds nothing but its moving mean/variance updates.
-    if not statistics_updates_paused():
-      super().add_update(updates)
+  def kernel_normalizes(self, dtype, training):
+    """Whether training-mode batch statistics of this layer run on the CPU kernel ops.
+
+    For a trainable, unsynchronized layer with the fused layout (the last axis, gamma
+    and beta, no renorm or virtual batches) in a trace where the kernels run; the
+    kernel ops compute what `FusedBatchNormV3` does (kernels/batch_norm.cc).
+    """
+    return bool(self.trainable and self.fused and not self.synchronized
+                and self.center and self.scale
+                and fused_attention.usable(dtype, training))
+
+  def update_moving_statistics(self, mean, variance, rows):
+    """The Keras fused path's moving-average update, unless paused.
+
+    Args:
+      mean: the batch mean `[channels]`.
+      variance: the batch variance `[channels]`: biased over `rows` rows, which enters
+        the average Bessel-corrected as in `FusedBatchNormV3`; or, with rows None,
+        already corrected.
+      rows: None or the number of rows the statistics are over (scalar int tensor).
+    """
+    if statistics_updates_paused():
+      return
+    if rows is not None:
+      rows = tf.cast(rows, variance.dtype)
+      variance = variance * rows / tf.maximum(rows - 1.0, 1.0)
+    for variable, value in ((self.moving_mean, mean), (self.moving_variance, variance)):
+      variable.assign(self.momentum * variable + (1.0 - self.momentum) * value)
 
 
 def _statistics_layers(layer):
