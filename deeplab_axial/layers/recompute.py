@@ -93,6 +93,11 @@ class PausableBatchNormalization(tf_keras.layers.BatchNormalization):
     for variable, value in ((self.moving_mean, mean), (self.moving_variance, variance)):
       variable.assign(self.momentum * variable + (1.0 - self.momentum) * value)
 
+  def add_update(self, updates):
+    # tf_keras batch normalization adds nothing but its moving mean/variance updates.
+    if not statistics_updates_paused():
+      super().add_update(updates)
+
 
 def _statistics_layers(layer):
   """`layer` and every Keras layer inside it that holds moving statistics."""
