@@ -937,10 +937,20 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
     if inputs.shape.rank != 4:
       raise ValueError(f"{type(self).__name__} expects a 4-D [batch, height, width, "
                        f"channels] input, got shape {inputs.shape}.")
-    x = self._to_sequences(inputs)  # [b, other, length, c]
-    batch, other, dynamic_length, _ = tf.unstack(tf.shape(x), num=4)
+    # Where the kernel ops normalize, a height layer leaves its input and output in
+    # image order and its qkv split and output sum move the rows instead: the
+    # projection is per position, so only the rows' order differs.
+    in_image_order = self.axis == "height" and self._kernel_normalizes(inputs.dtype,
+                                                                       training)
+    if in_image_order:  # x: [b, length, other, c]
+      x, length_axis = inputs, 1
+      batch, dynamic_length, other, _ = tf.unstack(tf.shape(x), num=4)
+    else:  # x: [b, other, length, c]
+      x, length_axis = self._to_sequences(inputs), 2
+      batch, other, dynamic_length, _ = tf.unstack(tf.shape(x), num=4)
     # A Python int when the length is static, so that the path is chosen at trace time.
-    length = x.shape[2] if x.shape[2] is not None else dynamic_length
+    length = (x.shape[length_axis] if x.shape[length_axis] is not None
+              else dynamic_length)
     checks = self._check_length(length)
     if checks:
       with tf.control_dependencies(checks):  # before anything that indexes by length
@@ -950,7 +960,8 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
     # Axial-ResNet-S's stages).
     qkv = tf.matmul(tf.reshape(x, [-1, self.qkv_kernel.shape[0]]), self.qkv_kernel,
                     name="qkv_projection")
-    q, k, v = self._normalized_split(qkv, [batch, other, length], training)
+    q, k, v = self._normalized_split(qkv, [batch, other, length], training,
+                                     in_image_order)
 
     q, k, v, rows, valid, band, key_inside = self._plan(q, k, v, length)
     relative = tf.gather(tf.cast(self.relative_embeddings, q.dtype), rows)
@@ -977,19 +988,30 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
       retrieved = tf.reshape(retrieved, [batch, other, -1, self.filters])
       return retrieved[:, :, :length] if past_axis_end else retrieved
 
-    outputs = self._normalized_sum(to_axis(retrieved_content), to_axis(retrieved_position),
-                                   training)
+    content, position = to_axis(retrieved_content), to_axis(retrieved_position)
+    if in_image_order:
+      outputs = self._kernel_normalized_sum(content, position, swap_rows=True)
+      return average_pool(outputs, (self.strides, 1))
+    outputs = self._normalized_sum(content, position, training)
     outputs = average_pool(outputs, (1, self.strides))
-    outputs = self._from_sequences(outputs)
-    return outputs
+    return self._from_sequences(outputs)
 
-  def _normalized_split(self, qkv, axes, training):
+  def _kernel_normalizes(self, dtype, training):
+    """Whether the qkv and output batch norms run on the kernel ops in this trace."""
+    training = _resolve_training(training)
+    return self.use_batch_norm and all(
+        norm.kernel_normalizes(dtype, training)
+        for norm in (self.qkv_batch_norm, self.output_batch_norm))
+
+  def _normalized_split(self, qkv, axes, training, in_image_order=False):
     """The qkv batch norm, then each head's channels split into q, k and v.
 
     Args:
-      qkv: the projection, `[batch * other * length, heads * (2 dq + dv)]`.
+      qkv: the projection, `[batch * other * length, heads * (2 dq + dv)]`, rows in
+        sequence order (image order `[batch, length, other]` with `in_image_order`).
       axes: [batch, other, length].
       training: as in `call`.
+      in_image_order: Python bool, only where `_kernel_normalizes`.
 
     Returns:
       q, k, v: `[batch * other, length, heads, dq or dv]`.
@@ -1003,13 +1025,38 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
     heads_shape = [batch * other, length, self.num_heads, self._head_depth]
     norm = self.qkv_batch_norm if self.use_batch_norm else None
     if norm is not None and norm.kernel_normalizes(qkv.dtype, _resolve_training(training)):
+      rows_shape = ([batch, length, other, self.num_heads, self._head_depth]
+                    if in_image_order else heads_shape)
       parts, mean, variance = fused_attention.batch_norm_split(
-          tf.reshape(qkv, heads_shape), norm.gamma, norm.beta, depths, norm.epsilon)
+          tf.reshape(qkv, rows_shape), norm.gamma, norm.beta, depths, norm.epsilon,
+          swap_rows=in_image_order)
       norm.update_moving_statistics(mean, variance, tf.shape(qkv)[0])
-      return parts
+      return [tf.reshape(part, [batch * other, length, self.num_heads, depth])
+              for part, depth in zip(parts, depths)]
     if norm is not None:
       qkv = norm(tf.reshape(qkv, [batch, other, length, -1]), training=training)
     return tf.split(tf.reshape(qkv, heads_shape), depths, -1)
+
+  def _kernel_normalized_sum(self, content, position, swap_rows=False):
+    """`_normalized_sum` in training mode on the kernel op (`normalized_sum`).
+
+    With `swap_rows` the sum comes out in image order `[batch, length, other,
+    filters]`.
+    """
+    norm = self.output_batch_norm
+    gammas, betas = (tf.reshape(variable, [self.filters, 2])
+                     for variable in (norm.gamma, norm.beta))
+    total, means, variances = fused_attention.normalized_sum(
+        [content, position], tf.transpose(gammas), tf.transpose(betas), norm.epsilon,
+        swap_rows=swap_rows)
+    norm.update_moving_statistics(self._interleaved(means), self._interleaved(variances),
+                                  tf.size(content) // self.filters)
+    return total
+
+  def _interleaved(self, per_term):
+    """`[2, filters]` (term, channel) -> the output batch norm's `[2 * filters]`
+    (channel, term) order."""
+    return tf.reshape(tf.transpose(per_term), [2 * self.filters])
 
   def _normalized_sum(self, content, position, training):
     """Output batch norm over the 2 * filters (channel, term) channels, then sv + sve.
@@ -1046,16 +1093,9 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
 
     gammas, betas = per_term(norm.gamma), per_term(norm.beta)
 
-    def interleaved(per_term):  # [2, filters] -> [2 * filters], (channel, term) order
-      return tf.reshape(tf.transpose(per_term), [2 * self.filters])
-
     def batch():
       if norm.kernel_normalizes(content.dtype, training):
-        total, means, variances = fused_attention.normalized_sum(
-            [content, position], tf.stack(gammas), tf.stack(betas), norm.epsilon)
-        norm.update_moving_statistics(interleaved(means), interleaved(variances),
-                                      tf.size(content) // self.filters)
-        return total
+        return self._kernel_normalized_sum(content, position)
       normalized, means, variances = [], [], []
       for term, gamma, beta in zip((content, position), gammas, betas):
         output, mean, variance = tf.compat.v1.nn.fused_batch_norm(
@@ -1064,8 +1104,8 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
         means.append(mean)
         variances.append(variance)
       # fused_batch_norm's variance is already the unbiased one.
-      norm.update_moving_statistics(interleaved(tf.stack(means)),
-                                    interleaved(tf.stack(variances)), rows=None)
+      norm.update_moving_statistics(self._interleaved(tf.stack(means)),
+                                    self._interleaved(tf.stack(variances)), rows=None)
       return normalized[0] + normalized[1]
 
     def moving():

@@ -264,7 +264,7 @@ def masked_content_statistics(query, key, valid):
   return statistics(query, key)
 
 
-def batch_norm_split(x, gamma, beta, depths, epsilon):
+def batch_norm_split(x, gamma, beta, depths, epsilon, swap_rows=False):
   """Training-mode batch norm over the channels (h, d) of x, split per head.
 
   `kernels/batch_norm.cc`: the batch norm of `FusedBatchNormV3` (batch mean and biased
@@ -272,10 +272,12 @@ def batch_norm_split(x, gamma, beta, depths, epsilon):
   into `depths`, in one op, and its gradient likewise.
 
   Args:
-    x: `[..., heads, sum(depths)]`.
+    x: `[..., heads, sum(depths)]`; with `swap_rows`, `[outer, A, B, heads, sum(depths)]`.
     gamma, beta: `[heads * sum(depths)]`, in x's channel order.
     depths: Python ints, the parts' depths per head.
     epsilon: Python float added to the variance.
+    swap_rows: Python bool: the parts come out `[outer, B, A, heads, depths[t]]` (a
+      transpose in the same pass).
     All float32.
 
   Returns:
@@ -283,7 +285,7 @@ def batch_norm_split(x, gamma, beta, depths, epsilon):
     and biased variance `[heads * sum(depths)]` (no gradient).
   """
   ops = load_library()
-  attributes = dict(depths=list(depths), epsilon=epsilon)
+  attributes = dict(depths=list(depths), epsilon=epsilon, swap_rows=swap_rows)
 
   @tf.custom_gradient
   def normalized(x, gamma, beta):
@@ -302,7 +304,7 @@ def batch_norm_split(x, gamma, beta, depths, epsilon):
   return parts, mean, variance
 
 
-def normalized_sum(terms, gamma, beta, epsilon):
+def normalized_sum(terms, gamma, beta, epsilon, swap_rows=False):
   """The sum of training-mode batch norms of each term, with its own statistics.
 
   `kernels/batch_norm.cc`: sum_t gamma[t] (terms[t] - mean_t) / sqrt(variance_t +
@@ -310,9 +312,11 @@ def normalized_sum(terms, gamma, beta, epsilon):
   every axis but the last, as `FusedBatchNormV3` normalizes; one op, and its gradient.
 
   Args:
-    terms: list of T tensors `[..., channels]`, one shape.
+    terms: list of T tensors `[..., channels]`, one shape; `[outer, B, A, channels]`
+      with `swap_rows`.
     gamma, beta: `[T, channels]`.
     epsilon: Python float added to the variance.
+    swap_rows: Python bool: the sum comes out `[outer, A, B, channels]`.
     All float32.
 
   Returns:
@@ -323,14 +327,14 @@ def normalized_sum(terms, gamma, beta, epsilon):
 
   @tf.custom_gradient
   def normalized(gamma, beta, *terms):
-    total, mean, variance = ops.deeplab_axial_normalized_sum(terms, gamma, beta,
-                                                             epsilon=epsilon)
+    total, mean, variance = ops.deeplab_axial_normalized_sum(
+        terms, gamma, beta, epsilon=epsilon, swap_rows=swap_rows)
 
     def gradient(d_total, d_mean, d_variance):
       del d_mean, d_variance  # statistics: no gradient
       d_total = tf.zeros_like(total) if d_total is None else d_total
       d_terms, d_gamma, d_beta = ops.deeplab_axial_normalized_sum_grad(
-          terms, gamma, mean, variance, d_total, epsilon=epsilon)
+          terms, gamma, mean, variance, d_total, epsilon=epsilon, swap_rows=swap_rows)
       return [d_gamma, d_beta, *d_terms]
 
     return (total, tf.stop_gradient(mean), tf.stop_gradient(variance)), gradient

@@ -442,6 +442,41 @@ def test_normalized_sum_matches_numpy_and_numeric_gradient():
 
 
 @needs_kernel
+def test_batch_norm_kernels_swap_rows_as_a_transpose_would():
+  rng = np.random.default_rng(14)
+  x = tf.constant(rng.normal(size=(2, 5, 3, 2, 6)), tf.float32)  # [outer, A, B, H, D]
+  gamma, beta = (tf.constant(rng.normal(size=12), tf.float32) for _ in range(2))
+  terms = [tf.constant(rng.normal(size=(2, 3, 5, 8)), tf.float32) for _ in range(2)]
+  gammas, betas = (tf.constant(rng.normal(size=(2, 8)), tf.float32) for _ in range(2))
+  part_upstream = [tf.constant(rng.normal(size=(2, 3, 5, 2, d)), tf.float32)
+                   for d in (2, 4)]
+  sum_upstream = tf.constant(rng.normal(size=(2, 5, 3, 8)), tf.float32)
+
+  def run(swap):
+    def moved(tensor):  # what swap_rows does to the rows
+      return tensor if swap else tf.transpose(tensor, [0, 2, 1] + list(
+          range(3, tensor.shape.rank)))
+
+    with tf.GradientTape() as tape:
+      tape.watch([x, gamma, beta] + terms + [gammas, betas])
+      parts, _, _ = fused_attention.batch_norm_split(x, gamma, beta, [2, 4], _EPSILON,
+                                                     swap_rows=swap)
+      parts = [moved(part) for part in parts]
+      total = moved(fused_attention.normalized_sum(terms, gammas, betas, _EPSILON,
+                                                   swap_rows=swap)[0])
+      loss = (sum(tf.reduce_sum(p * u) for p, u in zip(parts, part_upstream))
+              + tf.reduce_sum(total * sum_upstream))
+    return parts + [total] + tape.gradient(loss, [x, gamma, beta] + terms
+                                           + [gammas, betas])
+
+  assert [t.shape for t in run(True)[:3]] == [(2, 3, 5, 2, 2), (2, 3, 5, 2, 4),
+                                              (2, 5, 3, 8)]
+  for index, (swapped, transposed) in enumerate(zip(run(True), run(False))):
+    np.testing.assert_allclose(swapped.numpy(), transposed.numpy(), rtol=1e-6, atol=1e-6,
+                               err_msg=f"result {index}")
+
+
+@needs_kernel
 def test_batch_norm_kernels_reject_disagreeing_shapes_and_are_deterministic():
   x = tf.random.stateless_normal([300, 4, 6], seed=[1, 2])
   with pytest.raises(tf.errors.InvalidArgumentError, match=r"x must be \[\.\.\., heads, 7\]"):

@@ -12,6 +12,11 @@
 //   one writes the sum, and the gradient reads the shared upstream gradient once for
 //   every term.
 //
+// With `swap_rows`, the rows of x (of the terms) [outer, A, B] come out as [outer, B, A]:
+// a height-axis attention layer's sequences are the image's columns, and its qkv split
+// writes them column-major (and its output sum row-major again) instead of the layer
+// transposing its input and its output (two more copies and their gradients).
+//
 // Statistics are per channel over all rows M (every axis but the channel ones), as
 // FusedBatchNormV3 computes them: mean and biased variance, normalizing by
 // rsqrt(variance + epsilon). They are sums of x - x[row 0] (a shift that keeps the
@@ -171,6 +176,18 @@ void StoreTerms(const Buffer& padded_values, const Rows& x, float* out) {
   }
 }
 
+// Where row r of [outer, first, second] goes in [outer, second, first] (with `swap`;
+// else it stays).
+struct RowOrder {
+  bool swap = false;
+  int64 first = 1, second = 1;
+  int64 operator()(int64 r) const {
+    if (!swap) return r;
+    const int64 block = first * second, within = r % block;
+    return r - within + (within % second) * first + within / second;
+  }
+};
+
 // The per-head parts of a row [H, D]: part t holds channels offset[t] ... + depth[t] of
 // every head.
 struct HeadParts {
@@ -211,6 +228,7 @@ class SplitOpBase : public OpKernel {
     std::vector<int32_t> depths;
     OP_REQUIRES_OK(context, context->GetAttr("depths", &depths));
     OP_REQUIRES_OK(context, context->GetAttr("epsilon", &epsilon_));
+    OP_REQUIRES_OK(context, context->GetAttr("swap_rows", &order_.swap));
     for (int32_t d : depths) {
       OP_REQUIRES(context, d > 0,
                   InvalidArgument("batch norm split: every part depth must be positive"));
@@ -219,16 +237,25 @@ class SplitOpBase : public OpKernel {
   }
 
  protected:
-  // Checks x [..., H, D] against the parts and gamma, beta (or mean, variance) [H * D];
-  // returns the row count M and the parts with x's head count (a copy: Compute may run
-  // on several threads at once).
-  bool ReadShapes(OpKernelContext* context, int64* rows, HeadParts* parts) {
+  // Checks x [..., H, D] ([outer, A, B, H, D] with swap_rows) against the parts and
+  // gamma, beta (or mean, variance) [H * D]; returns the row count M, the parts with x's
+  // head count and the parts' row order (copies: Compute may run on several threads at
+  // once).
+  bool ReadShapes(OpKernelContext* context, int64* rows, HeadParts* parts,
+                  RowOrder* order) {
     const Tensor& x = context->input(0);
-    if (x.dims() < 2 || x.dim_size(x.dims() - 1) != parts_.depth) {
+    if (x.dims() < 2 || x.dim_size(x.dims() - 1) != parts_.depth ||
+        (order_.swap && x.dims() != 5)) {
       context->CtxFailure(InvalidArgument(
-          "batch norm split: x must be [..., heads, ", parts_.depth,
-          "] (the part depths' sum), got ", x.shape().DebugString()));
+          "batch norm split: x must be [", order_.swap ? "outer, A, B" : "...",
+          ", heads, ", parts_.depth, "] (the part depths' sum), got ",
+          x.shape().DebugString()));
       return false;
+    }
+    *order = order_;
+    if (order_.swap) {
+      order->first = x.dim_size(1);
+      order->second = x.dim_size(2);
     }
     *parts = parts_;
     parts->heads = x.dim_size(x.dims() - 2);
@@ -244,13 +271,19 @@ class SplitOpBase : public OpKernel {
     *rows = channels == 0 ? 0 : x.NumElements() / channels;
     return true;
   }
+  // x's shape with depth depths[t] ([outer, B, A, H, depths[t]] with swap_rows).
   TensorShape PartShape(const Tensor& x, int64 t) const {
     TensorShape shape = x.shape();
     shape.set_dim(shape.dims() - 1, parts_.depths[t]);
+    if (order_.swap) {
+      shape.set_dim(1, x.dim_size(2));
+      shape.set_dim(2, x.dim_size(1));
+    }
     return shape;
   }
 
   HeadParts parts_{std::vector<int32_t>{}};
+  RowOrder order_;
   float epsilon_;
 };
 
@@ -261,7 +294,8 @@ class BatchNormSplitOp : public SplitOpBase {
   void Compute(OpKernelContext* context) override {
     int64 M;
     HeadParts heads{std::vector<int32_t>{}};
-    if (!ReadShapes(context, &M, &heads)) return;
+    RowOrder order;
+    if (!ReadShapes(context, &M, &heads, &order)) return;
     const Tensor& x_tensor = context->input(0);
     const int64 C = heads.heads * heads.depth;
     std::vector<float*> parts;
@@ -291,7 +325,7 @@ class BatchNormSplitOp : public SplitOpBase {
           StoreLanes(&row[c], LoadLanes(&row[c]) * LoadLanes(&affine.scale[c]) +
                                   LoadLanes(&affine.offset[c]));
         }
-        heads.Split(row.data(), r, parts);
+        heads.Split(row.data(), order(r), parts);
       }
     });
   }
@@ -305,7 +339,8 @@ class BatchNormSplitGradOp : public SplitOpBase {
   void Compute(OpKernelContext* context) override {
     int64 M;
     HeadParts heads{std::vector<int32_t>{}};
-    if (!ReadShapes(context, &M, &heads)) return;
+    RowOrder order;
+    if (!ReadShapes(context, &M, &heads, &order)) return;
     const Tensor& x_tensor = context->input(0);
     const int64 C = heads.heads * heads.depth;
     OP_REQUIRES(context, context->input(3).shape() == TensorShape({C}),
@@ -335,7 +370,7 @@ class BatchNormSplitGradOp : public SplitOpBase {
         SumOverRows(context, M, 2 * Cp, 2 * Cp, [&](int64 r, float* scratch, float* block) {
           float* dy = scratch + Cp;
           x.Load(r, scratch);
-          heads.Join(d_parts, r, dy);
+          heads.Join(d_parts, order(r), dy);
           for (int64 c = 0; c < Cp; c += kLanes) {
             const Vec d = LoadLanes(dy + c);
             AddLanes(block + c, d);
@@ -353,7 +388,7 @@ class BatchNormSplitGradOp : public SplitOpBase {
       Buffer row(Cp, 0.0f), dy(Cp, 0.0f);
       for (int64 r = first; r < last; ++r) {
         x.Load(r, row.data());
-        heads.Join(d_parts, r, dy.data());
+        heads.Join(d_parts, order(r), dy.data());
         for (int64 c = 0; c < Cp; c += kLanes) {
           StoreLanes(&row[c], LoadLanes(&gradient.a[c]) * LoadLanes(&dy[c]) +
                                   LoadLanes(&gradient.b[c]) * LoadLanes(&row[c]) +
@@ -365,20 +400,37 @@ class BatchNormSplitGradOp : public SplitOpBase {
   }
 };
 
-// Reads the T terms (input list "terms", equal shapes [..., C]) and checks the [T, C]
-// inputs at `per_channel` against them; returns their rows.
+// The terms' shape [outer, B, A, C] -> the sum's [outer, A, B, C] with swapped rows.
+TensorShape SwappedShape(TensorShape shape, const RowOrder& order) {
+  if (order.swap) {
+    const int64 first = shape.dim_size(1);
+    shape.set_dim(1, shape.dim_size(2));
+    shape.set_dim(2, first);
+  }
+  return shape;
+}
+
+// Reads the T terms (input list "terms", equal shapes [..., C], [outer, B, A, C] when
+// `order` swaps rows) and checks the [T, C] inputs at `per_channel` against them;
+// returns their rows, channels and the row order of the sum.
 bool ReadTerms(OpKernelContext* context, std::initializer_list<const char*> per_channel,
-               std::vector<const float*>* terms, int64* rows, int64* channels) {
+               std::vector<const float*>* terms, int64* rows, int64* channels,
+               RowOrder* order) {
   OpInputList list;
   if (!context->input_list("terms", &list).ok() || list.size() == 0) {
     context->CtxFailure(InvalidArgument("normalized sum: expected at least one term"));
     return false;
   }
   const TensorShape& shape = list[0].shape();
-  if (shape.dims() < 1) {
-    context->CtxFailure(InvalidArgument("normalized sum: terms must have a channel axis, "
-                                        "got shape ", shape.DebugString()));
+  if (shape.dims() < 1 || (order->swap && shape.dims() != 4)) {
+    context->CtxFailure(InvalidArgument("normalized sum: terms must be ",
+                                        order->swap ? "[outer, B, A, channels]" : "[..., channels]",
+                                        ", got shape ", shape.DebugString()));
     return false;
+  }
+  if (order->swap) {
+    order->first = shape.dim_size(1);
+    order->second = shape.dim_size(2);
   }
   *channels = shape.dim_size(shape.dims() - 1);
   *rows = *channels == 0 ? 0 : shape.num_elements() / *channels;
@@ -413,16 +465,19 @@ class NormalizedSumOp : public OpKernel {
  public:
   explicit NormalizedSumOp(OpKernelConstruction* context) : OpKernel(context) {
     OP_REQUIRES_OK(context, context->GetAttr("epsilon", &epsilon_));
+    OP_REQUIRES_OK(context, context->GetAttr("swap_rows", &order_.swap));
   }
 
   void Compute(OpKernelContext* context) override {
     std::vector<const float*> terms;
     int64 M, C;
-    if (!ReadTerms(context, {"gamma", "beta"}, &terms, &M, &C)) return;
+    RowOrder order = order_;
+    if (!ReadTerms(context, {"gamma", "beta"}, &terms, &M, &C, &order)) return;
     const int64 T = terms.size();
     Tensor *sum_out, *mean_out, *variance_out;
-    OP_REQUIRES_OK(context,
-                   context->allocate_output("sum", context->input(0).shape(), &sum_out));
+    OP_REQUIRES_OK(context, context->allocate_output(
+                                "sum", SwappedShape(context->input(0).shape(), order),
+                                &sum_out));
     OP_REQUIRES_OK(context, context->allocate_output("mean", TensorShape({T, C}), &mean_out));
     OP_REQUIRES_OK(context,
                    context->allocate_output("variance", TensorShape({T, C}), &variance_out));
@@ -448,12 +503,13 @@ class NormalizedSumOp : public OpKernel {
           }
           StoreLanes(&out[c], total);
         }
-        std::copy_n(out.begin(), C, sum + r * C);
+        std::copy_n(out.begin(), C, sum + order(r) * C);
       }
     });
   }
 
  private:
+  RowOrder order_;
   float epsilon_;
 };
 
@@ -461,18 +517,21 @@ class NormalizedSumGradOp : public OpKernel {
  public:
   explicit NormalizedSumGradOp(OpKernelConstruction* context) : OpKernel(context) {
     OP_REQUIRES_OK(context, context->GetAttr("epsilon", &epsilon_));
+    OP_REQUIRES_OK(context, context->GetAttr("swap_rows", &order_.swap));
   }
 
   void Compute(OpKernelContext* context) override {
     std::vector<const float*> terms;
     int64 M, C;
-    if (!ReadTerms(context, {"gamma", "mean", "variance"}, &terms, &M, &C)) return;
+    RowOrder order = order_;
+    if (!ReadTerms(context, {"gamma", "mean", "variance"}, &terms, &M, &C, &order)) return;
     const int64 T = terms.size();
     const Tensor* d_sum_tensor;
     OP_REQUIRES_OK(context, context->input("d_sum", &d_sum_tensor));
-    OP_REQUIRES(context, d_sum_tensor->shape() == context->input(0).shape(),
-                InvalidArgument("normalized sum: d_sum must have the terms' shape ",
-                                context->input(0).shape().DebugString(), ", got ",
+    const TensorShape sum_shape = SwappedShape(context->input(0).shape(), order);
+    OP_REQUIRES(context, d_sum_tensor->shape() == sum_shape,
+                InvalidArgument("normalized sum: d_sum must have the sum's shape ",
+                                sum_shape.DebugString(), ", got ",
                                 d_sum_tensor->shape().DebugString()));
     OpOutputList d_terms_out;
     OP_REQUIRES_OK(context, context->output_list("d_terms", &d_terms_out));
@@ -499,7 +558,7 @@ class NormalizedSumGradOp : public OpKernel {
     const std::vector<double> sums = SumOverRows(
         context, M, Cp + width, Cp + width, [&](int64 r, float* scratch, float* block) {
           float* row = scratch + Cp;
-          dy.Load(r, scratch);
+          dy.Load(order(r), scratch);
           x.Load(r, row);
           for (int64 c = 0; c < Cp; c += kLanes) {
             const Vec d = LoadLanes(scratch + c);
@@ -520,7 +579,7 @@ class NormalizedSumGradOp : public OpKernel {
     ParallelFor(context, M, RowCost((T + 1) * C), [&](int64 first, int64 last) {
       Buffer row(width, 0.0f), d(Cp, 0.0f);
       for (int64 r = first; r < last; ++r) {
-        dy.Load(r, d.data());
+        dy.Load(order(r), d.data());
         x.Load(r, row.data());
         for (int64 t = 0; t < T; ++t) {
           for (int64 c = 0; c < Cp; c += kLanes) {
@@ -536,6 +595,7 @@ class NormalizedSumGradOp : public OpKernel {
   }
 
  private:
+  RowOrder order_;
   float epsilon_;
 };
 
@@ -545,9 +605,16 @@ class NormalizedSumGradOp : public OpKernel {
   TF_RETURN_IF_ERROR(c->GetAttr("depths", &depths));
   ShapeHandle x;
   TF_RETURN_IF_ERROR(c->WithRankAtLeast(c->input(0), 2, &x));
+  bool swap;
+  TF_RETURN_IF_ERROR(c->GetAttr("swap_rows", &swap));
+  if (swap) TF_RETURN_IF_ERROR(c->WithRank(x, 5, &x));
   for (size_t t = 0; t < depths.size(); ++t) {
     ShapeHandle part;
     TF_RETURN_IF_ERROR(c->ReplaceDim(x, -1, c->MakeDim(depths[t]), &part));
+    if (swap) {
+      TF_RETURN_IF_ERROR(c->ReplaceDim(part, 1, c->Dim(x, 2), &part));
+      TF_RETURN_IF_ERROR(c->ReplaceDim(part, 2, c->Dim(x, 1), &part));
+    }
     c->set_output(t, part);
   }
   DimensionHandle channels;
@@ -567,6 +634,7 @@ REGISTER_OP("DeeplabAxialBatchNormSplit")
     .Attr("num_parts: int >= 1")
     .Attr("depths: list(int)")
     .Attr("epsilon: float")
+    .Attr("swap_rows: bool = false")
     .SetShapeFn(SplitShapes);
 
 REGISTER_OP("DeeplabAxialBatchNormSplitGrad")
@@ -581,6 +649,7 @@ REGISTER_OP("DeeplabAxialBatchNormSplitGrad")
     .Attr("num_parts: int >= 1")
     .Attr("depths: list(int)")
     .Attr("epsilon: float")
+    .Attr("swap_rows: bool = false")
     .SetShapeFn([](InferenceContext* c) {
       c->set_output(0, c->input(0));
       c->set_output(1, c->input(1));
@@ -597,8 +666,17 @@ REGISTER_OP("DeeplabAxialNormalizedSum")
     .Output("variance: float")
     .Attr("num_terms: int >= 1")
     .Attr("epsilon: float")
+    .Attr("swap_rows: bool = false")
     .SetShapeFn([](InferenceContext* c) {
-      c->set_output(0, c->input(0));
+      bool swap;
+      TF_RETURN_IF_ERROR(c->GetAttr("swap_rows", &swap));
+      ShapeHandle sum = c->input(0);
+      if (swap) {
+        TF_RETURN_IF_ERROR(c->WithRank(sum, 4, &sum));
+        TF_RETURN_IF_ERROR(c->ReplaceDim(sum, 1, c->Dim(c->input(0), 2), &sum));
+        TF_RETURN_IF_ERROR(c->ReplaceDim(sum, 2, c->Dim(c->input(0), 1), &sum));
+      }
+      c->set_output(0, sum);
       c->set_output(1, c->input(c->num_inputs() - 2));
       c->set_output(2, c->input(c->num_inputs() - 2));
       return ::tensorflow::OkStatus();
@@ -615,6 +693,7 @@ REGISTER_OP("DeeplabAxialNormalizedSumGrad")
     .Output("d_beta: float")
     .Attr("num_terms: int >= 1")
     .Attr("epsilon: float")
+    .Attr("swap_rows: bool = false")
     .SetShapeFn([](InferenceContext* c) {
       int64_t terms;
       TF_RETURN_IF_ERROR(c->GetAttr("num_terms", &terms));
