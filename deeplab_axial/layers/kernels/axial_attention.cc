@@ -165,13 +165,6 @@ Buffer KeysLast(const float* table, const Sizes& s, int64 depth) {
   return out;
 }
 
-// Sum of a[t] * b[t] over t < count.
-float Dot(const float* a, const float* b, int64 count) {
-  float sum = 0.0f;
-  for (int64 t = 0; t < count; ++t) sum += a[t] * b[t];
-  return sum;
-}
-
 // The operands of one (sequence, head) and its logits [W, I].
 struct Head {
   const Sizes& s;
@@ -481,11 +474,13 @@ class BackwardOp : public OpKernel {
           // The scales' gradients: each scale multiplies q (or k) in its term.
           d_scales[h] += Dot(head.q.data(), d_qc.data(), s.dq * I);
           d_scales[s.h + h] += Dot(head.q.data(), d_qp.data(), s.dq * I);
-          float key_scale_gradient = 0.0f;
+          // k is depth-last, d_kp keys-last: four independent scalar sums.
+          float key_scale_gradient[4] = {};
           for (int64 d = 0; d < s.dq; ++d)
             for (int64 w = 0; w < W; ++w)
-              key_scale_gradient += head.k[w * s.dq + d] * d_kp[d * s.wp + w];
-          d_scales[2 * s.h + h] += key_scale_gradient;
+              key_scale_gradient[w % 4] += head.k[w * s.dq + d] * d_kp[d * s.wp + w];
+          d_scales[2 * s.h + h] += (key_scale_gradient[0] + key_scale_gradient[1]) +
+                                   (key_scale_gradient[2] + key_scale_gradient[3]);
           ScatterPositionsLast(d_q.data(), n, h, s.i, I, s.h, s.dq, d_q_out);
           ScatterPositionsLast(d_k.data(), n, h, W, s.wp, s.h, s.dq, d_k_out);
           ScatterPositionsLast(d_value.data(), n, h, W, s.wp, s.h, s.dv, d_v_out);
