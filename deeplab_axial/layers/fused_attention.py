@@ -8,7 +8,10 @@ log-normalizer for the backward pass, which recomputes the weights. The TF-op pa
 writes and reads the full `[sequences, heads, queries, keys]` logits dozens of times
 per step. `kernels/similarity_statistics.cc` computes the training-mode similarity
 batch norm's sums (`gram_statistics`, `masked_content_statistics`), which are float32
-under every precision policy.
+under every precision policy. `kernels/batch_norm.cc` holds the layer's two Keras batch
+norms in training mode, each fused with the copy beside it: the qkv norm with the split
+into q, k and v (`batch_norm_split`), the output norm of the two retrieved terms with
+their sum (`normalized_sum`).
 
 The kernels are compiled with the system C++ compiler (`$CXX`, default `g++`) against the
 installed TensorFlow's headers, once per (source, TensorFlow version, CPU), into
