@@ -128,13 +128,17 @@ def _reference_with_tf(q, k, rq, rk, v, rv, scales, bias):
 
 
 @needs_kernel
-def test_kernel_skips_band_masked_pairs_without_changing_results():
+@pytest.mark.parametrize("heads,dq,dv", [(2, 3, 4), (4, 5, 8)])
+def test_kernel_skips_band_masked_pairs_without_changing_results(heads, dq, dv):
   """A local span's masks: forward against NumPy, backward against float64 autodiff of
-  the same formula."""
+  the same formula. With 4 heads a sequence's q, k and v rows span whole 16-channel
+  tiles and a remainder (the kernels gather and scatter every head at once in 16 x 16
+  register tiles, and the channels past the last whole tile one by one)."""
   rng = np.random.default_rng(11)
   masks = _band_masks()
   length = masks.shape[-1]
-  operands = _operands(rng, n=6, i=length, w=length, h=2, dq=3, dv=4, blocks=3)[:-1]
+  operands = _operands(rng, n=6, i=length, w=length, h=heads, dq=dq, dv=dv,
+                       blocks=3)[:-1]
   operands.append(np.where(masks > 0, 0.1 * rng.normal(size=masks.shape), _MASKED))
   ops = fused_attention.load_library()
   as_float32 = [tf.constant(x, tf.float32) for x in operands]
@@ -194,10 +198,17 @@ def _table_operands(r_q, r_k, weights):
           np.einsum("jiw,iwd,iwe->jwde", weights, r_k, r_k))
 
 
+# (heads, depth): 4 x 5 spans a 16-channel register tile and a remainder (the kernels
+# gather every head of a sequence at once).
+_STATISTICS_HEADS = [(2, 3), (4, 5)]
+
+
 @needs_kernel
 @pytest.mark.parametrize("with_content", [False, True])
-def test_statistics_kernel_matches_per_pair_sums(with_content):
-  q, k, r_q, r_k, weights = _statistics_operands(np.random.default_rng(6))
+@pytest.mark.parametrize("heads,depth", _STATISTICS_HEADS)
+def test_statistics_kernel_matches_per_pair_sums(with_content, heads, depth):
+  q, k, r_q, r_k, weights = _statistics_operands(np.random.default_rng(6), i=17, h=heads,
+                                                 d=depth)
   if with_content:
     weights = np.ones_like(weights)  # the content Grams need every pair valid
   totals, squares = fused_attention.gram_statistics(
@@ -211,15 +222,17 @@ def test_statistics_kernel_matches_per_pair_sums(with_content):
 
 @needs_kernel
 @pytest.mark.parametrize("with_content", [False, True])
-def test_statistics_kernel_gradient_matches_numeric_gradient(with_content):
+@pytest.mark.parametrize("heads,depth", _STATISTICS_HEADS)
+def test_statistics_kernel_gradient_matches_numeric_gradient(with_content, heads, depth):
   rng = np.random.default_rng(7)
-  q, k, r_q, r_k, weights = _statistics_operands(rng, s=2, j=2, i=4, w=5, h=2, d=3)
+  q, k, r_q, r_k, weights = _statistics_operands(rng, s=2, j=2, i=4, w=5, h=heads,
+                                                 d=depth)
   tables = _table_operands(r_q, r_k, weights)
   # Non-symmetric Grams: the kernel's gradient must hold for any table input.
   tables = (tables[0], tables[1] + rng.normal(size=tables[1].shape), tables[2],
             tables[3] + rng.normal(size=tables[3].shape))
   terms = 3 if with_content else 2
-  upstream = rng.normal(size=(2, terms, 2))
+  upstream = rng.normal(size=(2, terms, heads))
 
   def loss(values):
     q, k, q_sum, q_gram, k_sum, k_gram = values

@@ -176,13 +176,13 @@ struct Head {
       : s(sizes), q(s.dq * s.ip), qc(s.dq * s.ip), qp(s.dq * s.ip), k(s.w * s.dq),
         kp(s.w * s.dq), v(s.w * s.dv), logits(s.w * s.ip) {}
 
-  void Gather(OpKernelContext* context, int64 n, int64 h) {
+  // Head h of sequence n, its q from `q_rows` [Dq, I] (GatherSequence's rows of head h).
+  void Gather(OpKernelContext* context, int64 n, int64 h, const float* q_rows) {
     const float* scales = context->input(kScales).flat<float>().data();
     content_scale = scales[h];
     query_scale = scales[s.h + h];
     key_scale = scales[2 * s.h + h];
-    GatherPositionsLast(context->input(kQuery).flat<float>().data(), n, h, s.i, s.ip, s.h,
-                        s.dq, q.data());
+    std::copy(q_rows, q_rows + s.dq * s.ip, q.begin());
     for (int64 index = 0; index < s.dq * s.ip; ++index) {
       qc[index] = content_scale * q[index];
       qp[index] = query_scale * q[index];
@@ -266,54 +266,63 @@ class ForwardOp : public OpKernel {
     }
     const Tables tables(context, s);
     const int64 I = s.ip;
-    ParallelFor(context, s.n * s.h, HeadCost(s), [&](int64 first, int64 last) {
+    const float* query = context->input(kQuery).flat<float>().data();
+    ParallelFor(context, s.n, HeadCost(s) * s.h, [&](int64 first, int64 last) {
       Head head(s);
-      Buffer maximum(I), total(I), retrieved(2 * s.dv * I);
-      for (int64 nh = first; nh < last; ++nh) {
-        const int64 n = nh / s.h, h = nh % s.h;
+      // Every head of a sequence: q in, the two retrievals out [H * Dv, I].
+      Buffer maximum(I), total(I), queries(s.h * s.dq * I), contents(s.h * s.dv * I),
+          positions(s.h * s.dv * I);
+      for (int64 n = first; n < last; ++n) {
         const int64 j = Tables::BlockOf(s, n);
-        head.Gather(context, n, h);
-        head.ComputeLogits(tables, j);
-        const float* logits = head.logits.data();
-        for (int64 i = 0; i < I; i += kLanes) {
-          const Range keys = tables.ranges.KeysOf(j, i / kLanes);
-          Vec largest = LoadLanes(logits + keys.begin * I + i);
-          for (int64 w = keys.begin + 1; w < keys.end; ++w) {
-            const Vec row = LoadLanes(logits + w * I + i);
-            largest = row > largest ? row : largest;
-          }
-          StoreLanes(&maximum[i], largest);
-        }
-        head.Exponentiate(tables, j, maximum.data());
-        const float* p = head.logits.data();
-        for (int64 i = 0; i < I; i += kLanes) {
-          const Range keys = tables.ranges.KeysOf(j, i / kLanes);
-          const float* p_keys = p + keys.begin * I + i;  // row t: key keys.begin + t
-          const Vec sum = SumOf(keys.size(), [&](int64 t) { return LoadLanes(p_keys + t * I); });
-          StoreLanes(&total[i], sum);
-          const Vec inverse = 1.0f / sum;
-          // Content and position sums of `width` value channels from d on, at once.
-          ForChunks<kSumsInRegisters / 2>(s.dv, [&](int64 d, auto width) {
-            constexpr int C = decltype(width)::value;
-            const float* v = head.v.data() + keys.begin * s.dv + d;
-            const float* rv = tables.rv.data() + (keys.begin * s.dv + d) * I + i;
-            Vec sums[2 * C];
-            SumsOf<2 * C>(keys.size(), [&](int64 t, int c) {
-              const Vec p_t = LoadLanes(p_keys + t * I);
-              return c < C ? v[t * s.dv + c] * p_t : p_t * LoadLanes(rv + (t * s.dv + c - C) * I);
-            }, sums);
-            for (int c = 0; c < C; ++c) {
-              StoreLanes(&retrieved[(d + c) * I + i], sums[c] * inverse);
-              StoreLanes(&retrieved[(s.dv + d + c) * I + i], sums[C + c] * inverse);
+        GatherSequence(query, n, s.i, s.h * s.dq, I, queries.data());
+        for (int64 h = 0; h < s.h; ++h) {
+          const int64 nh = n * s.h + h;
+          head.Gather(context, n, h, queries.data() + h * s.dq * I);
+          float* content_rows = contents.data() + h * s.dv * I;
+          float* position_rows = positions.data() + h * s.dv * I;
+          head.ComputeLogits(tables, j);
+          const float* logits = head.logits.data();
+          for (int64 i = 0; i < I; i += kLanes) {
+            const Range keys = tables.ranges.KeysOf(j, i / kLanes);
+            Vec largest = LoadLanes(logits + keys.begin * I + i);
+            for (int64 w = keys.begin + 1; w < keys.end; ++w) {
+              const Vec row = LoadLanes(logits + w * I + i);
+              largest = row > largest ? row : largest;
             }
-          });
+            StoreLanes(&maximum[i], largest);
+          }
+          head.Exponentiate(tables, j, maximum.data());
+          const float* p = head.logits.data();
+          for (int64 i = 0; i < I; i += kLanes) {
+            const Range keys = tables.ranges.KeysOf(j, i / kLanes);
+            const float* p_keys = p + keys.begin * I + i;  // row t: key keys.begin + t
+            const Vec sum =
+                SumOf(keys.size(), [&](int64 t) { return LoadLanes(p_keys + t * I); });
+            StoreLanes(&total[i], sum);
+            const Vec inverse = 1.0f / sum;
+            // Content and position sums of `width` value channels from d on, at once.
+            ForChunks<kSumsInRegisters / 2>(s.dv, [&](int64 d, auto width) {
+              constexpr int C = decltype(width)::value;
+              const float* v = head.v.data() + keys.begin * s.dv + d;
+              const float* rv = tables.rv.data() + (keys.begin * s.dv + d) * I + i;
+              Vec sums[2 * C];
+              SumsOf<2 * C>(keys.size(), [&](int64 t, int c) {
+                const Vec p_t = LoadLanes(p_keys + t * I);
+                return c < C ? v[t * s.dv + c] * p_t
+                             : p_t * LoadLanes(rv + (t * s.dv + c - C) * I);
+              }, sums);
+              for (int c = 0; c < C; ++c) {
+                StoreLanes(content_rows + (d + c) * I + i, sums[c] * inverse);
+                StoreLanes(position_rows + (d + c) * I + i, sums[C + c] * inverse);
+              }
+            });
+          }
+          for (int64 i = 0; i < s.i; ++i) {
+            normalizer_out[nh * s.i + i] = maximum[i] + std::log(total[i]);
+          }
         }
-        for (int64 i = 0; i < s.i; ++i) {
-          normalizer_out[nh * s.i + i] = maximum[i] + std::log(total[i]);
-        }
-        ScatterPositionsLast(retrieved.data(), n, h, s.i, I, s.h, s.dv, content_out);
-        ScatterPositionsLast(retrieved.data() + s.dv * I, n, h, s.i, I, s.h, s.dv,
-                             position_out);
+        ScatterSequence(contents.data(), n, s.i, s.h * s.dv, I, content_out);
+        ScatterSequence(positions.data(), n, s.i, s.h * s.dv, I, position_out);
       }
     });
   }
@@ -346,6 +355,7 @@ class BackwardOp : public OpKernel {
     const Buffer rk_keys_last =
         KeysLast(context->input(kKeyTable).flat<float>().data(), s, s.dq);
     const float* log_normalizer = context->input(kNumOperands).flat<float>().data();
+    const float* query = context->input(kQuery).flat<float>().data();
     const float* d_content = context->input(kNumOperands + 1).flat<float>().data();
     const float* d_position = context->input(kNumOperands + 2).flat<float>().data();
     float* d_q_out = grads[kQuery]->flat<float>().data();
@@ -368,26 +378,33 @@ class BackwardOp : public OpKernel {
       // instead of per head (those were a third of this kernel's time).
       std::vector<Head> heads(s.h, Head(s));
       Buffer d_logits(s.h * W * I), normalizer(I, 0.0f);
-      Buffer d_out(s.h * 2 * s.dv * I);                        // [H, 2 * Dv, I]
-      // Gradients of qc, qp and q [Dq, I]; of k, kp and v [D, wp].
-      Buffer d_qc(s.dq * I), d_qp(s.dq * I), d_q(s.dq * I);
-      Buffer d_k(s.dq * s.wp), d_kp(s.dq * s.wp), d_value(s.dv * s.wp);
+      // Every head of a sequence (GatherSequence, ScatterSequence): q, d_content and
+      // d_position in [H * D, I]; the gradients of q [H * Dq, I], k [H * Dq, wp] and
+      // v [H * Dv, wp] out.
+      Buffer queries(s.h * s.dq * I), d_contents(s.h * s.dv * I), d_positions(s.h * s.dv * I);
+      Buffer d_queries(s.h * s.dq * I), d_keys(s.h * s.dq * s.wp), d_values(s.h * s.dv * s.wp);
+      // Gradients of qc and qp [Dq, I]; of kp [Dq, wp].
+      Buffer d_qc(s.dq * I), d_qp(s.dq * I), d_kp(s.dq * s.wp);
       Buffer weights_t(I * s.wp, 0.0f), d_logits_t(I * s.wp, 0.0f);
       for (int64 n = first; n < last; ++n) {
         const int64 j = Tables::BlockOf(s, n);
+        GatherSequence(query, n, s.i, s.h * s.dq, I, queries.data());
+        GatherSequence(d_content, n, s.i, s.h * s.dv, I, d_contents.data());
+        GatherSequence(d_position, n, s.i, s.h * s.dv, I, d_positions.data());
         for (int64 h = 0; h < s.h; ++h) {
           Head& head = heads[h];
-          head.Gather(context, n, h);
+          head.Gather(context, n, h, queries.data() + h * s.dq * I);
           head.ComputeLogits(tables, j);
           std::copy(log_normalizer + (n * s.h + h) * s.i,
                     log_normalizer + (n * s.h + h + 1) * s.i, normalizer.begin());
           head.Exponentiate(tables, j, normalizer.data());
           const float* p_all = head.logits.data();  // the weights p[w, i]
           float* d_l_all = d_logits.data() + h * W * I;
-          float* d_c = d_out.data() + h * 2 * s.dv * I;  // d_content [Dv, I]
-          float* d_pos = d_c + s.dv * I;                  // d_position [Dv, I]
-          GatherPositionsLast(d_content, n, h, s.i, I, s.h, s.dv, d_c);
-          GatherPositionsLast(d_position, n, h, s.i, I, s.h, s.dv, d_pos);
+          const float* d_c = d_contents.data() + h * s.dv * I;   // d_content [Dv, I]
+          const float* d_pos = d_positions.data() + h * s.dv * I;  // d_position [Dv, I]
+          float* d_q = d_queries.data() + h * s.dq * I;
+          float* d_k = d_keys.data() + h * s.dq * s.wp;
+          float* d_value = d_values.data() + h * s.dv * s.wp;
           for (int64 i = 0; i < I; i += kLanes) {
             const Range keys = tables.ranges.KeysOf(j, i / kLanes);
             // The skipped pairs' weights and logit gradients are zero: written as such
@@ -481,10 +498,10 @@ class BackwardOp : public OpKernel {
               key_scale_gradient[w % 4] += head.k[w * s.dq + d] * d_kp[d * s.wp + w];
           d_scales[2 * s.h + h] += (key_scale_gradient[0] + key_scale_gradient[1]) +
                                    (key_scale_gradient[2] + key_scale_gradient[3]);
-          ScatterPositionsLast(d_q.data(), n, h, s.i, I, s.h, s.dq, d_q_out);
-          ScatterPositionsLast(d_k.data(), n, h, W, s.wp, s.h, s.dq, d_k_out);
-          ScatterPositionsLast(d_value.data(), n, h, W, s.wp, s.h, s.dv, d_v_out);
         }
+        ScatterSequence(d_queries.data(), n, s.i, s.h * s.dq, I, d_q_out);
+        ScatterSequence(d_keys.data(), n, W, s.h * s.dq, s.wp, d_k_out);
+        ScatterSequence(d_values.data(), n, W, s.h * s.dv, s.wp, d_v_out);
         // The tables' gradients of this sequence, summed over its heads:
         // d_rv[w, d] += sum_h p d_position[d], d_rq[w, d] += sum_h d_logits qp[d],
         // d_rk[w, d] += sum_h kp[w, d] d_logits. Query groups outermost: what every key
@@ -499,7 +516,7 @@ class BackwardOp : public OpKernel {
               Vec sums[C];
               SumsOf<C>(s.h, [&](int64 h, int c) {
                 return LoadLanes(&heads[h].logits[w * I + i]) *
-                       LoadLanes(&d_out[(h * 2 * s.dv + s.dv + d + c) * I + i]);
+                       LoadLanes(&d_positions[(h * s.dv + d + c) * I + i]);
               }, sums);
               for (int c = 0; c < C; ++c) AddLanes(d_rv + (w * s.dv + d + c) * I + i, sums[c]);
             });

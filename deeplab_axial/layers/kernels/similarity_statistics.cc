@@ -172,12 +172,10 @@ struct Gathered {
   explicit Gathered(const StatisticSizes& sizes)
       : z(sizes), q(z.h * z.d * z.ip, 0.0f), k(z.h * z.d * z.wp, 0.0f) {}
   void Gather(OpKernelContext* context, int64 n) {
-    for (int64 h = 0; h < z.h; ++h) {
-      GatherPositionsLast(context->input(0).flat<float>().data(), n, h, z.i, z.ip, z.h, z.d,
-                          Query(h));
-      GatherPositionsLast(context->input(1).flat<float>().data(), n, h, z.w, z.wp, z.h, z.d,
-                          Key(h));
-    }
+    GatherSequence(context->input(0).flat<float>().data(), n, z.i, z.h * z.d, z.ip,
+                   q.data());
+    GatherSequence(context->input(1).flat<float>().data(), n, z.w, z.h * z.d, z.wp,
+                   k.data());
   }
   float* Query(int64 h) { return q.data() + h * z.d * z.ip; }
   float* Key(int64 h) { return k.data() + h * z.d * z.wp; }
@@ -342,7 +340,7 @@ class GramStatisticsGradOp : public WithContentOpKernel {
       float* key_sums = query_sums + query_size;
       float* key_grams = key_sums + z.j * z.d * z.wp;
       Gathered x(z);
-      Buffer d_x(z.d * std::max(z.ip, z.wp));
+      Buffer d_q(z.h * z.d * z.ip), d_k(z.h * z.d * z.wp);  // every head, positions last
       std::vector<float> q_sum(z.d), k_sum(z.d), q_gram(z.d * z.d), k_gram(z.d * z.d);
       for (int64 n = first; n < last; ++n) {
         const int64 j = n % z.j;
@@ -360,14 +358,14 @@ class GramStatisticsGradOp : public WithContentOpKernel {
             content_square = d_squares[h];
           }
           SideGradient(x.Query(h), query_tables, j, d_qr_total[h], d_qr_square[h], key_sum,
-                       k_gram.data(), content_total, content_square, d_x.data());
-          ScatterPositionsLast(d_x.data(), n, h, z.i, z.ip, z.h, z.d,
-                               grads[0]->flat<float>().data());
+                       k_gram.data(), content_total, content_square,
+                       d_q.data() + h * z.d * z.ip);
           SideGradient(x.Key(h), key_tables, j, d_kr_total[h], d_kr_square[h], query_sum,
-                       q_gram.data(), content_total, content_square, d_x.data());
-          ScatterPositionsLast(d_x.data(), n, h, z.w, z.wp, z.h, z.d,
-                               grads[1]->flat<float>().data());
+                       q_gram.data(), content_total, content_square,
+                       d_k.data() + h * z.d * z.wp);
         }
+        ScatterSequence(d_q.data(), n, z.i, z.h * z.d, z.ip, grads[0]->flat<float>().data());
+        ScatterSequence(d_k.data(), n, z.w, z.h * z.d, z.wp, grads[1]->flat<float>().data());
         AddTableGradients(x.q.data(), z.d * z.ip, z.h, z.d, z.ip, d_qr_total, d_qr_square,
                           query_sums + j * z.d * z.ip, query_grams + j * z.d * z.d * z.ip);
         AddTableGradients(x.k.data(), z.d * z.wp, z.h, z.d, z.wp, d_kr_total, d_kr_square,
