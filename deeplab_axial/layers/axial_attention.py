@@ -1044,18 +1044,20 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
     filters]`.
     """
     norm = self.output_batch_norm
-    gammas, betas = (tf.reshape(variable, [self.filters, 2])
-                     for variable in (norm.gamma, norm.beta))
     total, means, variances = fused_attention.normalized_sum(
-        [content, position], tf.transpose(gammas), tf.transpose(betas), norm.epsilon,
-        swap_rows=swap_rows)
+        [content, position], self._per_term(norm.gamma), self._per_term(norm.beta),
+        norm.epsilon, swap_rows=swap_rows)
     norm.update_moving_statistics(self._interleaved(means), self._interleaved(variances),
                                   tf.size(content) // self.filters)
     return total
 
+  def _per_term(self, variable):
+    """The output batch norm's `[2 * filters]` (channel, term) order -> `[2, filters]`
+    (term, channel): content's channels, then position's."""
+    return tf.transpose(tf.reshape(variable, [self.filters, 2]))
+
   def _interleaved(self, per_term):
-    """`[2, filters]` (term, channel) -> the output batch norm's `[2 * filters]`
-    (channel, term) order."""
+    """`_per_term`'s inverse."""
     return tf.reshape(tf.transpose(per_term), [2 * self.filters])
 
   def _normalized_sum(self, content, position, training):
@@ -1088,16 +1090,14 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
     if not norm.trainable:
       training = False  # a frozen Keras batch norm normalizes with its moving statistics
 
-    def per_term(variable):  # [2 * filters] -> (content's [filters], position's)
-      return tf.unstack(tf.reshape(variable, [self.filters, 2]), axis=1)
-
-    gammas, betas = per_term(norm.gamma), per_term(norm.beta)
+    gammas, betas = self._per_term(norm.gamma), self._per_term(norm.beta)
 
     def batch():
       if norm.kernel_normalizes(content.dtype, training):
         return self._kernel_normalized_sum(content, position)
       normalized, means, variances = [], [], []
-      for term, gamma, beta in zip((content, position), gammas, betas):
+      for term, gamma, beta in zip((content, position), tf.unstack(gammas),
+                                   tf.unstack(betas)):
         output, mean, variance = tf.compat.v1.nn.fused_batch_norm(
             term, gamma, beta, epsilon=norm.epsilon, is_training=True)
         normalized.append(output)
@@ -1109,10 +1109,8 @@ class PositionSensitiveAxialAttention(tf_keras.layers.Layer):
       return normalized[0] + normalized[1]
 
     def moving():
-      scales = tf.stack(gammas) * tf.math.rsqrt(tf.stack(per_term(norm.moving_variance))
-                                                + norm.epsilon)
-      offset = tf.reduce_sum(tf.stack(betas) - tf.stack(per_term(norm.moving_mean))
-                             * scales, axis=0)
+      scales = gammas * tf.math.rsqrt(self._per_term(norm.moving_variance) + norm.epsilon)
+      offset = tf.reduce_sum(betas - self._per_term(norm.moving_mean) * scales, axis=0)
       scales = tf.cast(scales, content.dtype)
       return content * scales[0] + position * scales[1] + tf.cast(offset, content.dtype)
 

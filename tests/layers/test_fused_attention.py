@@ -390,6 +390,16 @@ def _sum_reference(terms, gamma, beta):
           np.stack([variance for _, _, variance in results]))
 
 
+def _assert_numeric_gradients(gradients, loss, operands, atol, step=1e-6):
+  """Each of `gradients` equals the numeric gradient of the float64 `loss(operands)`,
+  within `atol` of the largest entry of the numeric one."""
+  for index, gradient in enumerate(gradients):
+    numeric = _numeric_gradient(loss, operands, index, step=step)
+    scale = np.max(np.abs(numeric))
+    np.testing.assert_allclose(gradient.numpy() / scale, numeric / scale, atol=atol,
+                               err_msg=f"operand {index}")
+
+
 @needs_kernel
 @pytest.mark.parametrize("shape,depths", [((3, 5, 4, 7), (2, 2, 3)),
                                           ((2, 3, 6, 1, 20), (5, 5, 10)),
@@ -417,12 +427,8 @@ def test_batch_norm_split_matches_numpy_and_numeric_gradient(shape, depths):
     reference_parts = _split_reference(*values, depths)[0]
     return float(sum(np.sum(p * u) for p, u in zip(reference_parts, upstream)))
 
-  operands = [x, gamma, beta]
-  for index, gradient in enumerate(tape.gradient(loss, as_float32)):
-    numeric = _numeric_gradient(reference_loss, operands, index, step=1e-4)
-    scale = np.max(np.abs(numeric))
-    np.testing.assert_allclose(gradient.numpy() / scale, numeric / scale, atol=2e-3,
-                               err_msg=f"operand {index}")
+  _assert_numeric_gradients(tape.gradient(loss, as_float32), reference_loss,
+                            [x, gamma, beta], atol=2e-3, step=1e-4)
 
 
 @needs_kernel
@@ -446,12 +452,8 @@ def test_normalized_sum_matches_numpy_and_numeric_gradient():
   def reference_loss(values):
     return float(np.sum(_sum_reference(values[:3], *values[3:])[0] * upstream))
 
-  operands = terms + [gamma, beta]
-  for index, gradient in enumerate(tape.gradient(loss, as_float32)):
-    numeric = _numeric_gradient(reference_loss, operands, index)
-    scale = np.max(np.abs(numeric))
-    np.testing.assert_allclose(gradient.numpy() / scale, numeric / scale, atol=1e-4,
-                               err_msg=f"operand {index}")
+  _assert_numeric_gradients(tape.gradient(loss, as_float32), reference_loss,
+                            terms + [gamma, beta], atol=1e-4)
 
 
 @needs_kernel

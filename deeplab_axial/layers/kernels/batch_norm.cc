@@ -165,7 +165,26 @@ struct NormGradient {
       }
     }
   }
+  // x[0 .. Cp) <- dx of the term whose channels start at `offset` in [T, Cp], from its
+  // row x and dy.
+  void Apply(int64 offset, const float* dy, float* x, int64 padded) const {
+    for (int64 channel = 0; channel < padded; channel += kLanes) {
+      const int64 at = offset + channel;
+      StoreLanes(x + channel, LoadLanes(&a[at]) * LoadLanes(dy + channel) +
+                                  LoadLanes(&b[at]) * LoadLanes(x + channel) +
+                                  LoadLanes(&c[at]));
+    }
+  }
 };
+
+// values [T, C] -> [T, Cp], zeros past C: per-channel inputs in the rows' layout.
+Buffer LoadTerms(const float* values, const Rows& x) {
+  Buffer padded(x.Width(), 0.0f);
+  for (size_t t = 0; t < x.terms.size(); ++t) {
+    std::copy_n(values + t * x.channels, x.channels, padded.begin() + t * x.padded);
+  }
+  return padded;
+}
 
 // Writes the first `channels` of each term's entries of `padded_values` [T, Cp] to
 // out[t] [T, C].
@@ -185,6 +204,22 @@ struct RowOrder {
     if (!swap) return r;
     const int64 block = first * second, within = r % block;
     return r - within + (within % second) * first + within / second;
+  }
+  // Takes `first` and `second` from axes 1 and 2 of the input's shape (with swap).
+  void Read(const TensorShape& shape) {
+    if (!swap) return;
+    first = shape.dim_size(1);
+    second = shape.dim_size(2);
+  }
+  // The input's shape [outer, first, second, ...] -> the output's (axes 1 and 2
+  // exchanged with swap).
+  TensorShape Moved(TensorShape shape) const {
+    if (swap) {
+      const int64 axis_one = shape.dim_size(1);
+      shape.set_dim(1, shape.dim_size(2));
+      shape.set_dim(2, axis_one);
+    }
+    return shape;
   }
 };
 
@@ -237,12 +272,17 @@ class SplitOpBase : public OpKernel {
   }
 
  protected:
+  // What one call's x says: rows M, channels C = H * D, the parts with x's head count
+  // and the parts' row order (copies: Compute may run on several threads at once).
+  struct Call {
+    int64 rows = 0, channels = 0;
+    HeadParts heads{std::vector<int32_t>{}};
+    RowOrder order;
+  };
+
   // Checks x [..., H, D] ([outer, A, B, H, D] with swap_rows) against the parts and
-  // gamma, beta (or mean, variance) [H * D]; returns the row count M, the parts with x's
-  // head count and the parts' row order (copies: Compute may run on several threads at
-  // once).
-  bool ReadShapes(OpKernelContext* context, int64* rows, HeadParts* parts,
-                  RowOrder* order) {
+  // gamma, beta (or mean, variance) [H * D].
+  bool ReadShapes(OpKernelContext* context, Call* call) {
     const Tensor& x = context->input(0);
     if (x.dims() < 2 || x.dim_size(x.dims() - 1) != parts_.depth ||
         (order_.swap && x.dims() != 5)) {
@@ -252,14 +292,11 @@ class SplitOpBase : public OpKernel {
           x.shape().DebugString()));
       return false;
     }
-    *order = order_;
-    if (order_.swap) {
-      order->first = x.dim_size(1);
-      order->second = x.dim_size(2);
-    }
-    *parts = parts_;
-    parts->heads = x.dim_size(x.dims() - 2);
-    const int64 channels = parts->heads * parts->depth;
+    call->order = order_;
+    call->order.Read(x.shape());
+    call->heads = parts_;
+    call->heads.heads = x.dim_size(x.dims() - 2);
+    const int64 channels = call->heads.heads * call->heads.depth;
     for (int index : {1, 2}) {
       if (context->input(index).shape() != TensorShape({channels})) {
         context->CtxFailure(InvalidArgument(
@@ -268,17 +305,14 @@ class SplitOpBase : public OpKernel {
         return false;
       }
     }
-    *rows = channels == 0 ? 0 : x.NumElements() / channels;
+    call->channels = channels;
+    call->rows = channels == 0 ? 0 : x.NumElements() / channels;
     return true;
   }
   // x's shape with depth depths[t] ([outer, B, A, H, depths[t]] with swap_rows).
   TensorShape PartShape(const Tensor& x, int64 t) const {
-    TensorShape shape = x.shape();
+    TensorShape shape = order_.Moved(x.shape());
     shape.set_dim(shape.dims() - 1, parts_.depths[t]);
-    if (order_.swap) {
-      shape.set_dim(1, x.dim_size(2));
-      shape.set_dim(2, x.dim_size(1));
-    }
     return shape;
   }
 
@@ -292,12 +326,10 @@ class BatchNormSplitOp : public SplitOpBase {
   using SplitOpBase::SplitOpBase;
 
   void Compute(OpKernelContext* context) override {
-    int64 M;
-    HeadParts heads{std::vector<int32_t>{}};
-    RowOrder order;
-    if (!ReadShapes(context, &M, &heads, &order)) return;
+    Call call;
+    if (!ReadShapes(context, &call)) return;
     const Tensor& x_tensor = context->input(0);
-    const int64 C = heads.heads * heads.depth;
+    const int64 M = call.rows, C = call.channels;
     std::vector<float*> parts;
     OpOutputList outputs;
     OP_REQUIRES_OK(context, context->output_list("parts", &outputs));
@@ -325,7 +357,7 @@ class BatchNormSplitOp : public SplitOpBase {
           StoreLanes(&row[c], LoadLanes(&row[c]) * LoadLanes(&affine.scale[c]) +
                                   LoadLanes(&affine.offset[c]));
         }
-        heads.Split(row.data(), order(r), parts);
+        call.heads.Split(row.data(), call.order(r), parts);
       }
     });
   }
@@ -337,12 +369,10 @@ class BatchNormSplitGradOp : public SplitOpBase {
 
   // Inputs: x, gamma, mean, variance, d_parts...
   void Compute(OpKernelContext* context) override {
-    int64 M;
-    HeadParts heads{std::vector<int32_t>{}};
-    RowOrder order;
-    if (!ReadShapes(context, &M, &heads, &order)) return;
+    Call call;
+    if (!ReadShapes(context, &call)) return;
     const Tensor& x_tensor = context->input(0);
-    const int64 C = heads.heads * heads.depth;
+    const int64 M = call.rows, C = call.channels;
     OP_REQUIRES(context, context->input(3).shape() == TensorShape({C}),
                 InvalidArgument("batch norm split: variance must be [", C, "], got ",
                                 context->input(3).shape().DebugString()));
@@ -362,15 +392,14 @@ class BatchNormSplitGradOp : public SplitOpBase {
     OP_REQUIRES_OK(context, context->allocate_output(2, TensorShape({C}), &d_beta_out));
     const Rows x({x_tensor.flat<float>().data()}, M, C);
     const int64 Cp = x.padded;
-    Buffer mean(Cp, 0.0f), variance(Cp, 0.0f);
-    std::copy_n(context->input(2).flat<float>().data(), C, mean.begin());
-    std::copy_n(context->input(3).flat<float>().data(), C, variance.begin());
+    const Buffer mean = LoadTerms(context->input(2).flat<float>().data(), x);
+    const Buffer variance = LoadTerms(context->input(3).flat<float>().data(), x);
     // Per channel: sum dy, then sum dy (x - mean).
     const std::vector<double> sums =
         SumOverRows(context, M, 2 * Cp, 2 * Cp, [&](int64 r, float* scratch, float* block) {
           float* dy = scratch + Cp;
           x.Load(r, scratch);
-          heads.Join(d_parts, order(r), dy);
+          call.heads.Join(d_parts, call.order(r), dy);
           for (int64 c = 0; c < Cp; c += kLanes) {
             const Vec d = LoadLanes(dy + c);
             AddLanes(block + c, d);
@@ -388,27 +417,13 @@ class BatchNormSplitGradOp : public SplitOpBase {
       Buffer row(Cp, 0.0f), dy(Cp, 0.0f);
       for (int64 r = first; r < last; ++r) {
         x.Load(r, row.data());
-        heads.Join(d_parts, order(r), dy.data());
-        for (int64 c = 0; c < Cp; c += kLanes) {
-          StoreLanes(&row[c], LoadLanes(&gradient.a[c]) * LoadLanes(&dy[c]) +
-                                  LoadLanes(&gradient.b[c]) * LoadLanes(&row[c]) +
-                                  LoadLanes(&gradient.c[c]));
-        }
+        call.heads.Join(d_parts, call.order(r), dy.data());
+        gradient.Apply(0, dy.data(), row.data(), Cp);
         std::copy_n(row.begin(), C, d_x + r * C);
       }
     });
   }
 };
-
-// The terms' shape [outer, B, A, C] -> the sum's [outer, A, B, C] with swapped rows.
-TensorShape SwappedShape(TensorShape shape, const RowOrder& order) {
-  if (order.swap) {
-    const int64 first = shape.dim_size(1);
-    shape.set_dim(1, shape.dim_size(2));
-    shape.set_dim(2, first);
-  }
-  return shape;
-}
 
 // Reads the T terms (input list "terms", equal shapes [..., C], [outer, B, A, C] when
 // `order` swaps rows) and checks the [T, C] inputs at `per_channel` against them;
@@ -428,10 +443,7 @@ bool ReadTerms(OpKernelContext* context, std::initializer_list<const char*> per_
                                         ", got shape ", shape.DebugString()));
     return false;
   }
-  if (order->swap) {
-    order->first = shape.dim_size(1);
-    order->second = shape.dim_size(2);
-  }
+  order->Read(shape);
   *channels = shape.dim_size(shape.dims() - 1);
   *rows = *channels == 0 ? 0 : shape.num_elements() / *channels;
   for (int t = 0; t < list.size(); ++t) {
@@ -476,7 +488,7 @@ class NormalizedSumOp : public OpKernel {
     const int64 T = terms.size();
     Tensor *sum_out, *mean_out, *variance_out;
     OP_REQUIRES_OK(context, context->allocate_output(
-                                "sum", SwappedShape(context->input(0).shape(), order),
+                                "sum", order.Moved(context->input(0).shape()),
                                 &sum_out));
     OP_REQUIRES_OK(context, context->allocate_output("mean", TensorShape({T, C}), &mean_out));
     OP_REQUIRES_OK(context,
@@ -528,7 +540,7 @@ class NormalizedSumGradOp : public OpKernel {
     const int64 T = terms.size();
     const Tensor* d_sum_tensor;
     OP_REQUIRES_OK(context, context->input("d_sum", &d_sum_tensor));
-    const TensorShape sum_shape = SwappedShape(context->input(0).shape(), order);
+    const TensorShape sum_shape = order.Moved(context->input(0).shape());
     OP_REQUIRES(context, d_sum_tensor->shape() == sum_shape,
                 InvalidArgument("normalized sum: d_sum must have the sum's shape ",
                                 sum_shape.DebugString(), ", got ",
@@ -549,11 +561,8 @@ class NormalizedSumGradOp : public OpKernel {
     const Rows x(terms, M, C);
     const Rows dy({d_sum_tensor->flat<float>().data()}, M, C);
     const int64 Cp = x.padded, width = x.Width();
-    Buffer mean(width, 0.0f), variance(width, 0.0f);
-    for (int64 t = 0; t < T; ++t) {
-      std::copy_n(Input(context, "mean") + t * C, C, mean.begin() + t * Cp);
-      std::copy_n(Input(context, "variance") + t * C, C, variance.begin() + t * Cp);
-    }
+    const Buffer mean = LoadTerms(Input(context, "mean"), x);
+    const Buffer variance = LoadTerms(Input(context, "variance"), x);
     // Per channel: sum dy (the same for every term), then per term sum dy (x - mean).
     const std::vector<double> sums = SumOverRows(
         context, M, Cp + width, Cp + width, [&](int64 r, float* scratch, float* block) {
@@ -582,12 +591,7 @@ class NormalizedSumGradOp : public OpKernel {
         dy.Load(order(r), d.data());
         x.Load(r, row.data());
         for (int64 t = 0; t < T; ++t) {
-          for (int64 c = 0; c < Cp; c += kLanes) {
-            const int64 at = t * Cp + c;
-            StoreLanes(&row[at], LoadLanes(&gradient.a[at]) * LoadLanes(&d[c]) +
-                                     LoadLanes(&gradient.b[at]) * LoadLanes(&row[at]) +
-                                     LoadLanes(&gradient.c[at]));
-          }
+          gradient.Apply(t * Cp, d.data(), row.data() + t * Cp, Cp);
           std::copy_n(row.begin() + t * Cp, C, d_terms[t] + r * C);
         }
       }
@@ -600,21 +604,28 @@ class NormalizedSumGradOp : public OpKernel {
 };
 
 // Shape functions: the parts are x with their depths; the terms' gradients their shapes.
+// RowOrder::Moved for the shape functions: with the `swap_rows` attribute, `shape` must
+// have `rank` axes and comes back with axes 1 and 2 exchanged.
+::tensorflow::Status MovedRows(InferenceContext* c, int rank, ShapeHandle* shape) {
+  bool swap;
+  TF_RETURN_IF_ERROR(c->GetAttr("swap_rows", &swap));
+  if (!swap) return ::tensorflow::OkStatus();
+  TF_RETURN_IF_ERROR(c->WithRank(*shape, rank, shape));
+  const ShapeHandle input = *shape;
+  TF_RETURN_IF_ERROR(c->ReplaceDim(input, 1, c->Dim(input, 2), shape));
+  return c->ReplaceDim(*shape, 2, c->Dim(input, 1), shape);
+}
+
 ::tensorflow::Status SplitShapes(InferenceContext* c) {
   std::vector<int32_t> depths;
   TF_RETURN_IF_ERROR(c->GetAttr("depths", &depths));
   ShapeHandle x;
   TF_RETURN_IF_ERROR(c->WithRankAtLeast(c->input(0), 2, &x));
-  bool swap;
-  TF_RETURN_IF_ERROR(c->GetAttr("swap_rows", &swap));
-  if (swap) TF_RETURN_IF_ERROR(c->WithRank(x, 5, &x));
+  ShapeHandle moved = x;
+  TF_RETURN_IF_ERROR(MovedRows(c, 5, &moved));
   for (size_t t = 0; t < depths.size(); ++t) {
     ShapeHandle part;
-    TF_RETURN_IF_ERROR(c->ReplaceDim(x, -1, c->MakeDim(depths[t]), &part));
-    if (swap) {
-      TF_RETURN_IF_ERROR(c->ReplaceDim(part, 1, c->Dim(x, 2), &part));
-      TF_RETURN_IF_ERROR(c->ReplaceDim(part, 2, c->Dim(x, 1), &part));
-    }
+    TF_RETURN_IF_ERROR(c->ReplaceDim(moved, -1, c->MakeDim(depths[t]), &part));
     c->set_output(t, part);
   }
   DimensionHandle channels;
@@ -668,14 +679,8 @@ REGISTER_OP("DeeplabAxialNormalizedSum")
     .Attr("epsilon: float")
     .Attr("swap_rows: bool = false")
     .SetShapeFn([](InferenceContext* c) {
-      bool swap;
-      TF_RETURN_IF_ERROR(c->GetAttr("swap_rows", &swap));
       ShapeHandle sum = c->input(0);
-      if (swap) {
-        TF_RETURN_IF_ERROR(c->WithRank(sum, 4, &sum));
-        TF_RETURN_IF_ERROR(c->ReplaceDim(sum, 1, c->Dim(c->input(0), 2), &sum));
-        TF_RETURN_IF_ERROR(c->ReplaceDim(sum, 2, c->Dim(c->input(0), 1), &sum));
-      }
+      TF_RETURN_IF_ERROR(MovedRows(c, 4, &sum));
       c->set_output(0, sum);
       c->set_output(1, c->input(c->num_inputs() - 2));
       c->set_output(2, c->input(c->num_inputs() - 2));
