@@ -34,12 +34,20 @@ _ALIASING_OPS = frozenset({
 _NOT_ACTIVATIONS = frozenset({"Placeholder", "Const", "VarHandleOp", "ReadVariableOp"})
 
 
-def _is_reserve_space(operation, tensor):
-  # Fused batch norm's opaque reserve outputs (and the zeros the gradient makes for them)
-  # have no static shape and are tiny on CPU.
+def _is_small_without_shape(operation, tensor):
+  """Whether `tensor` has no static shape but is known to be tiny.
+
+  Fused batch norm's opaque reserve outputs (and the zeros the gradient makes for them),
+  and the axes a broadcasting op's gradient sums over (`BroadcastGradientArgs`: int32
+  vectors of at most one entry per dimension, whose length depends on the shapes'
+  values, e.g. in the gradient of a batched matmul that broadcasts a table over the
+  batch).
+  """
   if operation.type == "ZerosLike":
     source = operation.inputs[0]
-    return _is_reserve_space(source.op, source)
+    return _is_small_without_shape(source.op, source)
+  if operation.type == "BroadcastGradientArgs":
+    return True
   return operation.type.startswith("FusedBatchNorm") and tensor.value_index >= 3
 
 
@@ -102,7 +110,7 @@ def peak_live_bytes(graph):
     if operation.type not in _ALIASING_OPS | _NOT_ACTIVATIONS:
       for tensor in operation.outputs:
         size = _tensor_bytes(tensor)
-        if tensor.shape.num_elements() is None and not _is_reserve_space(operation, tensor):
+        if tensor.shape.num_elements() is None and not _is_small_without_shape(operation, tensor):
           unknown += 1
         if size:
           live += size

@@ -56,3 +56,21 @@ def test_unneeded_ops_and_unconsumed_outputs_hold_no_memory():
 
   graph = split_chain.get_concrete_function(tf.TensorSpec([1000], tf.float32)).graph
   assert memory_model.peak_live_bytes(graph) == (12000, 0)
+
+
+def test_broadcast_gradient_axes_are_not_unknown_sizes():
+  # The gradient of a matmul that broadcasts b over a's batch sums b's gradient over the
+  # broadcast axes, found by BroadcastGradientArgs: int32 vectors without a static
+  # length. They are tiny; an estimate must not refuse the graph for them.
+  b = tf.Variable(tf.ones([1, 8, 8]))
+
+  @tf.function
+  def gradient(a):
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_sum(tf.matmul(a, b))
+    return tape.gradient(loss, b)
+
+  graph = gradient.get_concrete_function(tf.TensorSpec([4, 3, 8], tf.float32)).graph
+  assert "BroadcastGradientArgs" in {operation.type for operation in graph.get_operations()}
+  _, unknown = memory_model.peak_live_bytes(graph)
+  assert unknown == 0
