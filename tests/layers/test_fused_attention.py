@@ -199,13 +199,15 @@ def _table_operands(r_q, r_k, weights):
 
 
 # (heads, depth): 4 x 5 spans a 16-channel register tile and a remainder (the kernels
-# gather every head of a sequence at once).
+# gather every head of a sequence at once); depth 32, whole vectors at every vector
+# width, takes the content Grams' depth-last path (its numeric gradient, ~6 s, is slow).
 _STATISTICS_HEADS = [(2, 3), (4, 5)]
+_WHOLE_VECTORS = (2, 32)
 
 
 @needs_kernel
 @pytest.mark.parametrize("with_content", [False, True])
-@pytest.mark.parametrize("heads,depth", _STATISTICS_HEADS)
+@pytest.mark.parametrize("heads,depth", _STATISTICS_HEADS + [_WHOLE_VECTORS])
 def test_statistics_kernel_matches_per_pair_sums(with_content, heads, depth):
   q, k, r_q, r_k, weights = _statistics_operands(np.random.default_rng(6), i=17, h=heads,
                                                  d=depth)
@@ -222,7 +224,9 @@ def test_statistics_kernel_matches_per_pair_sums(with_content, heads, depth):
 
 @needs_kernel
 @pytest.mark.parametrize("with_content", [False, True])
-@pytest.mark.parametrize("heads,depth", _STATISTICS_HEADS)
+@pytest.mark.parametrize(
+    "heads,depth",
+    _STATISTICS_HEADS + [pytest.param(*_WHOLE_VECTORS, marks=pytest.mark.slow)])
 def test_statistics_kernel_gradient_matches_numeric_gradient(with_content, heads, depth):
   rng = np.random.default_rng(7)
   q, k, r_q, r_k, weights = _statistics_operands(rng, s=2, j=2, i=4, w=5, h=heads,
