@@ -27,7 +27,9 @@
 // As in axial_attention.cc, each (sequence-block, head) is gathered with its positions on
 // the vector lanes ([depth, positions padded to kLanes]), so that every product above is
 // element-wise on rows of positions (scalar loops over depths of 4-32 were slower than
-// the TF einsums). Sums over sequences run in fixed parts, added in order: deterministic.
+// the TF einsums); the content Grams of depths that are whole vectors read the inputs'
+// depth-last rows instead (ContentSumsDepthLast). Sums over sequences run in fixed parts,
+// added in order: deterministic.
 
 #include <algorithm>
 #include <cstring>
