@@ -32,11 +32,6 @@ constexpr int64 kLanes = 8;
 #else
 constexpr int64 kLanes = 4;
 #endif
-// Rows start on a multiple of this many bytes (whole aligned vectors, and packets for
-// Eigen's exp).
-constexpr int kRowAlignment = kLanes * sizeof(float) >= 64   ? Eigen::Aligned64
-                              : kLanes * sizeof(float) >= 32 ? Eigen::Aligned32
-                                                             : Eigen::Aligned16;
 typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
 // Eigen's widest float packet for the same flags, whose shuffles (transposes, reductions)
 // the kernels borrow where it holds exactly kLanes floats (every vector unit kLanes is
