@@ -13,10 +13,10 @@ Parts (`--parts`, default all but `profile`):
   training mode + gradients of the weights and the input): ours global, ours span 65 and
   DeepLab2's `AxialAttention2D(filters=32)` (key depth 32, value depth 64 = ours with
   `query_key_fraction=0.5`, see ../shared/reference/deeplab2/NOTE.md; skipped with a
-  message when that folder is absent) at 65², 129², 257². Time: the three layers are
-  called alternately in one process, best of `--repeats`. Memory: one subprocess per
-  (layer, size), growth of the peak resident size during the first step after tracing
-  (`_first_step_memory_bytes`).
+  message when that folder or `grpcio-tools`, which its loader needs, is absent) at
+  65², 129², 257². Time: the three layers are called alternately in one process, best
+  of `--repeats`. Memory: one subprocess per (layer, size), growth of the peak resident
+  size during the first step after tracing (`_first_step_memory_bytes`).
 * `memory`: `deeplab_axial.memory_model.estimate_training_memory_bytes` against the
   measured training-step memory of Axial-ResNet-S (span 65, batch 1, SGD-momentum step)
   at 224², 513², 769², and with recomputed blocks at 513² (one subprocess each). Measured
@@ -44,6 +44,7 @@ absolute numbers; the load average is printed with every part.
 import argparse
 import collections
 import contextlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -305,13 +306,25 @@ def _compare_backbones(args, rows):
       print(line, flush=True)
 
 
+def _deeplab2_missing(deeplab2_dir):
+  """Why DeepLab2's layer cannot be loaded here, or None."""
+  if not os.path.isdir(deeplab2_dir):
+    return f"{os.path.normpath(deeplab2_dir)} not found"
+  if importlib.util.find_spec("grpc_tools") is None:
+    return ("its loader compiles DeepLab2's protos with grpcio-tools, which this "
+            "environment lacks (pip install 'grpcio-tools>=1.74,<1.79')")
+  return None
+
+
 def _layers(args):
   sizes = args.sizes or ([33, 65] if args.quick else [65, 129, 257])
   kinds = [kind for kind in args.layers if kind != "deeplab2"]
-  if "deeplab2" in args.layers and os.path.isdir(args.deeplab2_dir):
-    kinds.append("deeplab2")
-  elif "deeplab2" in args.layers:
-    print(f"DeepLab2 rows skipped: {os.path.normpath(args.deeplab2_dir)} not found")
+  if "deeplab2" in args.layers:
+    missing = _deeplab2_missing(args.deeplab2_dir)
+    if missing:
+      print(f"DeepLab2 rows skipped: {missing}")
+    else:
+      kinds.append("deeplab2")
   print(f"\n## 2-D axial layer training step, {_LAYER_CHANNELS} channels, batch 1; time: "
         f"best of {args.repeats}, alternated in one process; {_load()}")
   times = _run_child("layers_time", sizes, kinds, args.repeats, args.deeplab2_dir)
