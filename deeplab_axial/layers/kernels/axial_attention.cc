@@ -142,9 +142,10 @@ inline Vec Exp(Vec x) {
 // bytes at 56 or 64 queries, which maps them onto a quarter of the L1 cache's sets:
 // the tables were re-read from L2 for every head (~3/4 of the forward's time at 224²
 // res2's shape).
-// The index of (key w, depth d, query group of i) in such a table of `depth` channels.
+// The index of (query i, key w, depth d) in such a table of `depth` channels (for a
+// query group's first query, where its row of kLanes queries starts).
 inline int64 GroupedIndex(const Sizes& s, int64 depth, int64 w, int64 d, int64 i) {
-  return ((i / kLanes * s.w + w) * depth + d) * kLanes;
+  return ((i / kLanes * s.w + w) * depth + d) * kLanes + i % kLanes;
 }
 
 // table [I, W, D] -> [ip / kLanes, W, D, kLanes] (zero-padded queries).
@@ -153,7 +154,7 @@ Buffer QueryGroups(const float* table, const Sizes& s, int64 depth) {
   for (int64 i = 0; i < s.i; ++i)
     for (int64 w = 0; w < s.w; ++w)
       for (int64 d = 0; d < depth; ++d)
-        out[GroupedIndex(s, depth, w, d, i) + i % kLanes] = table[(i * s.w + w) * depth + d];
+        out[GroupedIndex(s, depth, w, d, i)] = table[(i * s.w + w) * depth + d];
   return out;
 }
 
@@ -268,6 +269,22 @@ struct Head {
   }
 };
 
+// sums[c] = sum_t row_t x[t * depth + c] and sums[C + c] = sum_t row_t table_t[c] over
+// `count` keys t, for C channels at once: `rows` (`row_stride` apart, queries on the
+// lanes) are a head's weights or logit gradients, x its depth-last v or k rows and
+// `table` the grouped rv or rq rows (GroupedIndex) of the same keys and channels. What
+// the forward's retrievals and the backward's query side both sum.
+template <int C>
+inline void RowsTimesHeadAndTable(int64 count, const float* rows, int64 row_stride,
+                                  const float* x, const float* table, int64 depth,
+                                  Vec* sums) {
+  SumsOf<2 * C>(count, [&](int64 t, int c) {
+    const Vec row = LoadLanes(rows + t * row_stride);
+    return c < C ? x[t * depth + c] * row
+                 : row * LoadLanes(table + (t * depth + c - C) * kLanes);
+  }, sums);
+}
+
 // Cycles (roughly) of one (sequence, head): per logit, the contractions and an exp.
 int64 HeadCost(const Sizes& s) {
   return s.ip * s.w * (3 * s.dq + 2 * s.dv + 21) / kLanes * 4;
@@ -336,14 +353,10 @@ class ForwardOp : public OpKernel {
             // Content and position sums of `width` value channels from d on, at once.
             ForChunks<kSumsInRegisters / 2>(s.dv, [&](int64 d, auto width) {
               constexpr int C = decltype(width)::value;
-              const float* v = head.v.data() + keys.begin * s.dv + d;
-              const float* rv = tables.rv.data() + GroupedIndex(s, s.dv, keys.begin, d, i);
-              Vec sums[2 * C];
-              SumsOf<2 * C>(keys.size(), [&](int64 t, int c) {
-                const Vec p_t = LoadLanes(p_keys + t * I);
-                return c < C ? v[t * s.dv + c] * p_t
-                             : p_t * LoadLanes(rv + (t * s.dv + c - C) * kLanes);
-              }, sums);
+              Vec sums[2 * C];  // content, then position
+              RowsTimesHeadAndTable<C>(
+                  keys.size(), p_keys, I, head.v.data() + keys.begin * s.dv + d,
+                  tables.rv.data() + GroupedIndex(s, s.dv, keys.begin, d, i), s.dv, sums);
               for (int c = 0; c < C; ++c) {
                 StoreLanes(content_rows + (d + c) * I + i, sums[c] * inverse);
                 StoreLanes(position_rows + (d + c) * I + i, sums[C + c] * inverse);
@@ -474,14 +487,10 @@ class BackwardOp : public OpKernel {
             const float* d_l_keys = d_l_all + keys.begin * I + i;  // row t: key begin + t
             ForChunks<kSumsInRegisters / 2>(s.dq, [&](int64 d, auto width) {
               constexpr int C = decltype(width)::value;  // depths d ... d + C - 1
-              const float* k = head.k.data() + keys.begin * s.dq + d;
-              const float* rq = tables.rq.data() + GroupedIndex(s, s.dq, keys.begin, d, i);
               Vec sums[2 * C];  // content, then query-position
-              SumsOf<2 * C>(keys.size(), [&](int64 t, int c) {
-                const Vec d_l = LoadLanes(d_l_keys + t * I);
-                return c < C ? k[t * s.dq + c] * d_l
-                             : d_l * LoadLanes(rq + (t * s.dq + c - C) * kLanes);
-              }, sums);
+              RowsTimesHeadAndTable<C>(
+                  keys.size(), d_l_keys, I, head.k.data() + keys.begin * s.dq + d,
+                  tables.rq.data() + GroupedIndex(s, s.dq, keys.begin, d, i), s.dq, sums);
               for (int c = 0; c < C; ++c) {
                 StoreLanes(&d_qc[(d + c) * I + i], sums[c]);
                 StoreLanes(&d_qp[(d + c) * I + i], sums[C + c]);
@@ -586,7 +595,7 @@ class BackwardOp : public OpKernel {
       for (int64 w = 0; w < W; ++w)
         for (int64 d = 0; d < depth; ++d)
           for (int64 i = 0; i < s.i; ++i)
-            out[(i * W + w) * depth + d] = sums[GroupedIndex(s, depth, w, d, i) + i % kLanes];
+            out[(i * W + w) * depth + d] = sums[GroupedIndex(s, depth, w, d, i)];
       sums += W * depth * I;
     }
     std::copy(sums, sums + 3 * s.h, grads[kScales]->flat<float>().data());
